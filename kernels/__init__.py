@@ -1,0 +1,1 @@
+"""Installed as romsim.kernels (setuptools package-dir maps the top-level kernels/ folder)."""

@@ -1,0 +1,191 @@
+"""The ``romsim`` command. Heavy modules (torch, numba kernels, amaranth) load only inside the
+subcommands that need them, so ``romsim estimate`` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from romsim.errors import RomsimInputError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
+        self.exit(EXIT_BAD_INPUT, f"romsim: error: {message}\n")
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def conv(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} = {s!r}: must be an integer") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} = {v}: must be >= 1")
+        return v
+
+    return conv
+
+
+def _load_design(args: argparse.Namespace):
+    from romsim.config import load_chip
+    from romsim.modelspec import load_model
+    from romsim.quant import named_quant
+
+    chip = load_chip(args.config or args.preset)
+    if args.quant:
+        chip = chip.model_copy(update={"quant": named_quant(args.quant)})
+    if args.lora_rank is not None:
+        chip = chip.with_overrides(**{"lora.rank": args.lora_rank})
+    model = load_model(args.model or chip.model)
+    return model, chip
+
+
+def _add_design_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset", default="roma-3b-w4", help="shipped chip preset (default: roma-3b-w4)"
+    )
+    p.add_argument(
+        "--config", help='chip TOML file (overrides --preset; may say base = "<preset>")'
+    )
+    p.add_argument(
+        "--model", help="shipped model name or a LLaMA-style config.json (default: the chip's)"
+    )
+    p.add_argument("--quant", help="weight format, e.g. w4g128, w2g128, w4attn-w2mlp, nf4, q4_1")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (0: no LoRA)")
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from romsim.estimate import estimate
+
+    model, chip = _load_design(args)
+    est = estimate(model, chip, args.prompt_len, args.gen_len, per_layer=True)
+    if args.json:
+        print(json.dumps(est.to_dict(), indent=None if args.compact else 2))
+        return 0
+    from romsim.report import print_estimate
+
+    print_estimate(est, chip, detail=args.detail)
+    if not est.fits and args.strict:
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def cmd_train_step(args: argparse.Namespace) -> int:
+    from romsim.perf.model import PerfModel
+    from romsim.perf.train import train_step_cost
+
+    model, chip = _load_design(args)
+    cost = train_step_cost(PerfModel(model, chip), args.batch, args.seq_len)
+    d = cost.__dict__
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(
+            title=f"LoRA training step: {model.name} on {chip.name}, batch {args.batch} x {args.seq_len}"
+        )
+        t.add_column("quantity")
+        t.add_column("value", justify="right")
+        for k, v in d.items():
+            t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        Console().print(t)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from romsim.validation import render_document, render_markdown, validation_rows
+
+    rows = validation_rows()
+    md = render_markdown(rows)
+    if args.write:
+        from pathlib import Path
+
+        Path(args.write).write_text(render_document(rows))
+        print(f"wrote {args.write}")
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    elif not args.write:
+        print(md)
+    bad = [r for r in rows if r.target_pct is not None and abs(r.error_pct) > r.target_pct]
+    return 1 if (bad and args.strict) else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from romsim.config import load_chip, presets
+    from romsim.modelspec import load_model, shipped_models
+
+    if args.what == "presets":
+        for name in presets():
+            c = load_chip(name)
+            print(f"{name:16s} {c.description}")
+    else:
+        for name in shipped_models():
+            m = load_model(name)
+            print(
+                f"{name:16s} {m.n_params / 1e9:6.3f} B params, {m.n_layers} layers, hidden {m.hidden_size}"
+            )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="romsim", description="Simulator for ROM-based on-device QLoRA accelerators")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("estimate", help="decode tokens/s, TTFT, energy, area of a design")
+    _add_design_args(e)
+    e.add_argument("--prompt-len", type=_positive_int("--prompt-len"), default=128)
+    e.add_argument("--gen-len", type=_positive_int("--gen-len"), default=128)
+    e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    e.add_argument("--compact", action="store_true", help="with --json: a single line")
+    e.add_argument("--detail", action="store_true", help="per-op breakdown and utilisation")
+    e.add_argument("--strict", action="store_true", help="exit 2 if the model does not fit")
+    e.set_defaults(func=cmd_estimate)
+
+    t = sub.add_parser("train-step", help="cost and SRAM of one LoRA training step")
+    _add_design_args(t)
+    t.add_argument("--batch", type=_positive_int("--batch"), default=4)
+    t.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train_step)
+
+    v = sub.add_parser("validate", help="romsim vs every figure the ROMA paper reports")
+    v.add_argument("--write", help="write the markdown table to this file (docs/validation.md)")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--strict", action="store_true", help="exit 1 if a figure misses its target")
+    v.set_defaults(func=cmd_validate)
+
+    ls = sub.add_parser("list", help="shipped presets or models")
+    ls.add_argument("what", choices=["presets", "models"])
+    ls.set_defaults(func=cmd_list)
+
+    for modname in ("romsim.functional.cli",):
+        try:
+            mod = __import__(modname, fromlist=["add_parser", "run"])
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RomsimInputError as e:
+        if args.debug:
+            raise
+        print(f"romsim: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Accelerator configuration: validated data loaded from TOML presets or user files.
+
+Every physical default carries its source in docs/constants.md; the paper's chip lives in the
+presets ``roma-3b-w4`` and ``roma-8b-w2`` (romsim/presets/*.toml).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from romsim.errors import RomsimInputError
+from romsim.modelspec import LINEAR_KINDS
+from romsim.quant import QuantSpec, WeightFormat, named_quant
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TechConfig(_Strict):
+    process_nm: Literal[5, 6, 7, 12, 16, 28] = 7
+    clock_hz: float = Field(500e6, gt=0, le=5e9)
+
+
+class MeshConfig(_Strict):
+    """2-D mesh of units: ``vector_rows`` rows of vector units, the rest matrix units."""
+
+    rows: int = Field(17, ge=1, le=1024)
+    cols: int = Field(16, ge=1, le=1024)
+    vector_rows: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MeshConfig:
+        if self.vector_rows >= self.rows:
+            raise ValueError(f"vector_rows ({self.vector_rows}) must be < rows ({self.rows})")
+        return self
+
+    @property
+    def matrix_units(self) -> int:
+        return (self.rows - self.vector_rows) * self.cols
+
+    @property
+    def vector_units(self) -> int:
+        return self.vector_rows * self.cols
+
+
+class RomConfig(_Strict):
+    """The ROM macro inside one fused cell."""
+
+    style: Literal["brom", "rom"] = "brom"
+    macro_rows: int = Field(9728, ge=16, le=1 << 20, description="words (rows) per cell")
+    word_bits: int = Field(64, ge=8, le=1024, description="bits per ROM word = read width")
+    reads_per_cycle: int = Field(1, ge=1, le=8)
+    bank_rows: int = Field(
+        1216, ge=16, description="rows per physical sub-macro (sets array efficiency)"
+    )
+
+    @property
+    def bits_per_cell(self) -> int:
+        return self.macro_rows * self.word_bits
+
+
+class FusedCellConfig(_Strict):
+    cells_per_unit: int = Field(96, ge=1, le=65536)
+    mac_weight_bits_per_cycle: int = Field(
+        64, ge=8, le=4096, description="weight bits the MAC array consumes per cycle"
+    )
+    act_bits: int = Field(8, ge=2, le=16)
+    acc_bits: int = Field(32, ge=8, le=64)
+    pipeline_depth_cycles: int = Field(6, ge=1, le=256)
+    adder_tree_cycles: int = Field(
+        7,
+        ge=0,
+        le=64,
+        description="pipelined reduction across a unit's cells (7 = log2(96) rounded up)",
+    )
+
+
+class HUnitConfig(_Strict):
+    """High-precision compute beside each matrix unit: LoRA and attention."""
+
+    macs_per_unit_per_cycle: int = Field(256, ge=1)
+    op_latency_cycles: int = Field(8, ge=0)
+    sfu_lanes_per_unit: int = Field(16, ge=1, description="exp lanes for softmax")
+    token_block: int = Field(64, ge=1, description="tokens sharing one fetch of LoRA/KV data")
+
+
+class SramConfig(_Strict):
+    lora_kv_bytes: int = Field(288 << 20, ge=0, description="LoRA adapters + KV cache")
+    act_bytes: int = Field(16 << 20, ge=0, description="activations / scratch")
+    read_bytes_per_cycle_per_unit: int = Field(64, ge=1)
+    write_bytes_per_cycle_per_unit: int = Field(64, ge=1)
+    kv_bits: int = Field(8, ge=4, le=16, description="KV cache element bits")
+    kv_group: int = Field(8, ge=1, description="KV elements sharing one exponent")
+    kv_exp_bits: int = Field(8, ge=0, le=16)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.lora_kv_bytes + self.act_bytes
+
+
+class AreaConfig(_Strict):
+    """Layout choices that only the area model sees."""
+
+    h_sram_macro_rows: int = Field(16384, ge=128, description="depth of LoRA/KV SRAM macros")
+    act_sram_macro_rows: int = Field(4096, ge=128, description="depth of activation SRAM macros")
+    unit_buffer_bytes: int = Field(16384, ge=0, description="activation buffer per matrix unit")
+    control_io_fraction: float = Field(0.05, ge=0, lt=1, description="control, clocking, IO")
+
+
+class VectorConfig(_Strict):
+    lanes_per_unit: int = Field(64, ge=1)
+    sfu_lanes_per_unit: int = Field(16, ge=1, description="exp/rsqrt/sigmoid lanes")
+    op_latency_cycles: int = Field(12, ge=0)
+
+
+class InterconnectConfig(_Strict):
+    link_bytes_per_cycle: int = Field(32, ge=1)
+    hop_latency_cycles: int = Field(2, ge=0)
+    sync_cycles_per_op: int = Field(0, ge=0, description="barrier/handshake per mesh-wide op")
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(16, ge=0, le=4096)
+    alpha: float = 32.0
+    targets: tuple[str, ...] = LINEAR_KINDS
+    weight_bits: Literal[8, 16, 32] = 8
+
+    @model_validator(mode="after")
+    def _check(self) -> LoraConfig:
+        for t in self.targets:
+            if t not in LINEAR_KINDS:
+                raise ValueError(f"unknown LoRA target {t!r}; allowed: {', '.join(LINEAR_KINDS)}")
+        return self
+
+
+class PlacementConfig(_Strict):
+    lm_head: Literal["rom", "off_chip"] = "rom"
+
+
+class ChipConfig(_Strict):
+    name: str = "custom"
+    description: str = ""
+    model: str = "llama-3.2-3b"
+    quant: QuantSpec = QuantSpec()
+    tech: TechConfig = TechConfig()
+    mesh: MeshConfig = MeshConfig()
+    rom: RomConfig = RomConfig()
+    cell: FusedCellConfig = FusedCellConfig()
+    h_unit: HUnitConfig = HUnitConfig()
+    sram: SramConfig = SramConfig()
+    vector: VectorConfig = VectorConfig()
+    interconnect: InterconnectConfig = InterconnectConfig()
+    lora: LoraConfig = LoraConfig()
+    placement: PlacementConfig = PlacementConfig()
+    area: AreaConfig = AreaConfig()
+
+    @property
+    def n_cells(self) -> int:
+        return self.mesh.matrix_units * self.cell.cells_per_unit
+
+    @property
+    def rom_bytes(self) -> int:
+        return self.n_cells * self.rom.bits_per_cell // 8
+
+    @property
+    def clock_hz(self) -> float:
+        return self.tech.clock_hz
+
+    def with_overrides(self, **updates: Any) -> ChipConfig:
+        """A copy with dotted-key overrides, validated: ``with_overrides(**{"cell.cells_per_unit": 64})``."""
+        data = self.model_dump()
+        for key, val in updates.items():
+            node = data
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if p not in node or not isinstance(node[p], dict):
+                    raise RomsimInputError(key, val, "unknown config key")
+                node = node[p]
+            if parts[-1] not in node:
+                raise RomsimInputError(key, val, "unknown config key")
+            node[parts[-1]] = val
+        return chip_from_dict(data, source="override")
+
+
+def _quant_from_toml(q: Any) -> Any:
+    """TOML may give ``quant = "w4g128"`` or a table with default/overrides."""
+    if isinstance(q, str):
+        return named_quant(q).model_dump()
+    return q
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after",))
+
+
+def chip_from_dict(data: dict, source: str = "<dict>") -> ChipConfig:
+    data = dict(data)
+    if "quant" in data:
+        data["quant"] = _quant_from_toml(data["quant"])
+    try:
+        return ChipConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = _format_loc(err["loc"]) or "config"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            rule = "unknown key"
+        else:
+            rule = err["msg"]
+        if isinstance(value, dict):
+            value = "{...}"
+        raise RomsimInputError(field, value, rule, source) from None
+
+
+def presets() -> dict[str, Path]:
+    root = resources.files("romsim.presets")
+    return {
+        e.name[: -len(".toml")]: Path(str(e))
+        for e in sorted(root.iterdir(), key=lambda x: x.name)
+        if e.name.endswith(".toml")
+    }
+
+
+def load_chip(path_or_preset: str) -> ChipConfig:
+    """A shipped preset by name, or a user TOML file (which may name ``base = "<preset>"``)."""
+    ps = presets()
+    if path_or_preset in ps:
+        path = ps[path_or_preset]
+    else:
+        path = Path(path_or_preset)
+        if not path.is_file():
+            raise RomsimInputError(
+                "config", path_or_preset, f"is neither a preset ({', '.join(ps)}) nor a file"
+            )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RomsimInputError("config", str(path), f"is not valid TOML ({e})") from None
+    base = data.pop("base", None)
+    if base is not None:
+        if base not in ps:
+            raise RomsimInputError("base", base, f"must name a preset ({', '.join(ps)})", str(path))
+        merged = _deep_merge(tomllib.loads(ps[base].read_text()), data)
+        merged.pop("base", None)
+        data = merged
+    return chip_from_dict(data, source=str(path))
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "quant":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+__all__ = ["ChipConfig", "WeightFormat", "load_chip", "presets", "chip_from_dict"]

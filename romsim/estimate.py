@@ -1,0 +1,161 @@
+"""One full estimate of a design: fit, prefill, decode, energy and area. Torch-free and fast
+(a few milliseconds), so sweeps can call it thousands of times."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from romsim.area.energy import dynamic_energy_j
+from romsim.area.model import area_breakdown_mm2, blocks, leakage_w, unit_shares
+from romsim.config import ChipConfig
+from romsim.errors import RomsimInputError
+from romsim.mapping import Mapping
+from romsim.modelspec import ModelSpec
+from romsim.perf.memory import kv_bytes_per_token, lora_bytes, max_context_tokens
+from romsim.perf.model import PerfModel
+from romsim.units import GiB, MiB
+
+
+@dataclass
+class Estimate:
+    chip: str
+    model: str
+    quant: str
+    prompt_len: int
+    gen_len: int
+    decode_tokens_per_s: float  # average over the generated tokens
+    decode_tokens_per_s_empty_kv: float
+    ttft_s: float
+    total_latency_s: float
+    throughput_tokens_per_s: float  # generated tokens / (TTFT + decode time)
+    energy_per_token_j: float
+    power_w: float
+    area_mm2: float
+    area_breakdown_mm2: dict[str, float]
+    area_shares: dict[str, float]
+    rom_bytes: int  # physical ROM the weights occupy (padding included)
+    rom_ideal_bytes: float  # weights + metadata, no padding
+    rom_capacity_bytes: int
+    sram_bytes: int  # LoRA + KV cache this run needs
+    sram_capacity_bytes: int
+    lora_bytes: int
+    kv_bytes: int
+    max_context_tokens: int
+    fits: bool
+    fit_problems: list[str]
+    utilisation: dict[str, float]
+    decode_breakdown_cycles: dict[str, float]
+    per_layer: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gib(x: float) -> str:
+    return f"{x / GiB:.2f} GiB"
+
+
+def check_fit(
+    model: ModelSpec, chip: ChipConfig, mapping: Mapping, context_tokens: int
+) -> list[str]:
+    problems = []
+    need_rows = mapping.max_rows_per_cell
+    if need_rows > chip.rom.macro_rows:
+        need = need_rows * chip.n_cells * chip.rom.word_bits // 8
+        problems.append(
+            f"rom: {model.name} at {chip.quant.label()} needs {_gib(need)} of ROM "
+            f"({need_rows} rows per cell), the config has {_gib(chip.rom_bytes)} "
+            f"({chip.rom.macro_rows} rows per cell)"
+        )
+    lb = lora_bytes(model, chip)
+    kv = context_tokens * kv_bytes_per_token(model, chip)
+    if lb + kv > chip.sram.lora_kv_bytes:
+        problems.append(
+            f"sram: LoRA rank {chip.lora.rank} ({lb / MiB:.1f} MiB) + KV cache for {context_tokens} "
+            f"tokens ({kv / MiB:.1f} MiB) need {(lb + kv) / MiB:.1f} MiB, "
+            f"the config has {chip.sram.lora_kv_bytes / MiB:.1f} MiB"
+        )
+    return problems
+
+
+def estimate(
+    model: ModelSpec,
+    chip: ChipConfig,
+    prompt_len: int = 128,
+    gen_len: int = 128,
+    per_layer: bool = True,
+    perf: PerfModel | None = None,
+) -> Estimate:
+    if prompt_len < 1:
+        raise RomsimInputError("prompt_len", prompt_len, "must be >= 1")
+    if gen_len < 1:
+        raise RomsimInputError("gen_len", gen_len, "must be >= 1")
+    pm = perf or PerfModel(model, chip)
+    f = chip.clock_hz
+    ctx = prompt_len + np.arange(gen_len, dtype=np.float64)
+    dec_cycles = pm.decode_cycles(ctx)
+    decode_s = float(dec_cycles.sum()) / f
+    ttft_s = pm.prefill_cycles(prompt_len) / f
+    mid = float(prompt_len + gen_len / 2)
+
+    # energy: decode events at the mid context stand for the average token (events are linear)
+    leak_w = leakage_w(chip)
+    dyn = dynamic_energy_j(chip, pm.decode_events(mid))
+    t_tok = decode_s / gen_len
+    e_tok = sum(dyn.values()) + leak_w * t_tok
+
+    area = area_breakdown_mm2(chip)
+    mapping = pm.mapping
+    total_ctx = prompt_len + gen_len
+    problems = check_fit(model, chip, mapping, total_ctx)
+    lb = lora_bytes(model, chip)
+    kvb = int(total_ctx * kv_bytes_per_token(model, chip))
+
+    layers: list[dict] = []
+    if per_layer:
+        x = np.array([mid])
+        cyc = pm.decode_table.op_cycles(x)[:, 0]
+        row: dict[str, float] = {}
+        for g, v in zip(pm.decode_table.groups, cyc, strict=True):
+            row[g] = row.get(g, 0.0) + float(v)
+        total = sum(row.values())
+        for i in range(model.n_layers):
+            layers.append({"layer": i, "decode_cycles": total, "decode_cycles_by_op": dict(row)})
+
+    from romsim.quant import model_rom_bytes
+
+    return Estimate(
+        chip=chip.name,
+        model=model.name,
+        quant=chip.quant.label(),
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        decode_tokens_per_s=gen_len / decode_s,
+        decode_tokens_per_s_empty_kv=f / float(pm.decode_cycles(0.0)[0]),
+        ttft_s=ttft_s,
+        total_latency_s=ttft_s + decode_s,
+        throughput_tokens_per_s=gen_len / (ttft_s + decode_s),
+        energy_per_token_j=e_tok,
+        power_w=e_tok / t_tok,
+        area_mm2=sum(area.values()),
+        area_breakdown_mm2=area,
+        area_shares=unit_shares(chip),
+        rom_bytes=mapping.rom_bytes_used,
+        rom_ideal_bytes=model_rom_bytes(model, chip.quant, chip.placement.lm_head == "rom"),
+        rom_capacity_bytes=chip.rom_bytes,
+        sram_bytes=int(lb + kvb),
+        sram_capacity_bytes=chip.sram.total_bytes,
+        lora_bytes=int(lb),
+        kv_bytes=kvb,
+        max_context_tokens=max_context_tokens(model, chip),
+        fits=not problems,
+        fit_problems=problems,
+        utilisation=pm.utilisation(mid),
+        decode_breakdown_cycles=pm.decode_breakdown(mid),
+        per_layer=layers,
+    )
+
+
+__all__ = ["Estimate", "estimate", "check_fit", "blocks"]

@@ -1,0 +1,80 @@
+"""Cost of one LoRA training step on the chip: forward through the frozen ROM weights, backward
+(input gradients through the same ROM weights, LoRA weight gradients in the H-Unit) and the
+optimizer update in SRAM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from romsim.perf.memory import ADAM_STATE_BYTES, GRAD_BYTES, lora_params, train_sram_bytes
+from romsim.perf.model import PerfModel
+
+# Backward/forward cost ratios per op group (C): a frozen matmul needs only dX (one more pass
+# over the same ROM words); LoRA needs dA, dB and dX (2x); attention 2x (recompute scores
+# flash-style, then dQ, dK, dV); elementwise ops 2x.
+_BWD_FACTOR = {"lora": 2.0, "attn_score": 2.0, "attn_value": 2.0, "softmax": 2.0}
+_BWD_DEFAULT = 1.0
+_BWD_VECTOR = 2.0
+_VECTOR_GROUPS = {"norm", "rope", "silu"}
+
+
+@dataclass(frozen=True)
+class TrainStepCost:
+    time_s: float
+    energy_j: float
+    forward_s: float
+    backward_s: float
+    optimizer_s: float
+    sram_needed_bytes: float
+    sram_capacity_bytes: float
+    fits: bool
+    trainable_params: int
+
+
+def train_step_cost(
+    pm: PerfModel, batch: int, seq_len: int, energy_per_cycle_j: float | None = None
+) -> TrainStepCost:
+    chip, model = pm.chip, pm.model
+    f = chip.clock_hz
+    fwd = bwd = 0.0
+    for op, n in pm.prefill_ops(seq_len):
+        if op.group in ("lm_head", "sampling", "norm") and op.name in (
+            "lm_head",
+            "sampling",
+            "final_norm",
+        ):
+            continue  # loss head handled off the ROM path (C: LoRA fine-tune of decoder layers)
+        cyc = n * (op.latency_cycles + max((a for a, _ in op.stages.values()), default=0.0))
+        fwd += cyc
+        if op.group in _VECTOR_GROUPS:
+            factor = _BWD_VECTOR
+        else:
+            factor = _BWD_FACTOR.get(op.group, _BWD_DEFAULT)
+            if op.stages.get("h_mac", (0, 0))[0] > 0 and op.group not in _BWD_FACTOR:
+                # matmul op carrying a parallel LoRA path: dX through ROM plus 2x LoRA work
+                lora_cyc = op.stages["h_mac"][0]
+                base = max((a for r, (a, _) in op.stages.items() if r != "h_mac"), default=0.0)
+                cyc = n * (op.latency_cycles + max(base, 2 * lora_cyc))
+                factor = 1.0
+        bwd += factor * cyc
+    p = lora_params(model, chip.lora.rank, chip.lora.targets)
+    # Adam: read w, g, m, v; write w, m, v; ~10 vector ops per parameter
+    d = pm.d
+    state_bytes = p * (2 * chip.lora.weight_bits / 8 + GRAD_BYTES + 2 * ADAM_STATE_BYTES)
+    sram_cyc = state_bytes / (d.U * chip.sram.read_bytes_per_cycle_per_unit)
+    vec_cyc = p * 10 / (d.VU * chip.vector.lanes_per_unit)
+    opt = max(sram_cyc, vec_cyc) + chip.vector.op_latency_cycles
+    cycles = batch * (fwd + bwd) + opt
+    mem = train_sram_bytes(model, chip, seq_len, batch)
+    e = cycles * energy_per_cycle_j if energy_per_cycle_j else float("nan")
+    return TrainStepCost(
+        time_s=cycles / f,
+        energy_j=e,
+        forward_s=batch * fwd / f,
+        backward_s=batch * bwd / f,
+        optimizer_s=opt / f,
+        sram_needed_bytes=mem["total_bytes"],
+        sram_capacity_bytes=mem["capacity_bytes"],
+        fits=mem["total_bytes"] <= mem["capacity_bytes"],
+        trainable_params=p,
+    )

