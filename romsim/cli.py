@@ -60,10 +60,14 @@ def _add_design_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from romsim.estimate import estimate
+    from romsim.estimate import estimate, require_rom_fit
+    from romsim.perf.model import PerfModel
 
     model, chip = _load_design(args)
-    est = estimate(model, chip, args.prompt_len, args.gen_len, per_layer=True)
+    pm = PerfModel(model, chip)
+    if not args.allow_unfit:
+        require_rom_fit(model, chip, pm.mapping)
+    est = estimate(model, chip, args.prompt_len, args.gen_len, per_layer=True, perf=pm)
     if args.json:
         print(json.dumps(est.to_dict(), indent=None if args.compact else 2))
         return 0
@@ -146,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.add_argument("--compact", action="store_true", help="with --json: a single line")
     e.add_argument("--detail", action="store_true", help="per-op breakdown and utilisation")
-    e.add_argument("--strict", action="store_true", help="exit 2 if the model does not fit")
+    e.add_argument("--strict", action="store_true", help="exit 2 if the run does not fit the SRAM")
+    e.add_argument(
+        "--allow-unfit",
+        action="store_true",
+        help="estimate even if the weights do not fit the ROM (reported as fits=false)",
+    )
     e.set_defaults(func=cmd_estimate)
 
     t = sub.add_parser("train-step", help="cost and SRAM of one LoRA training step")

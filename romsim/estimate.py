@@ -47,6 +47,7 @@ class Estimate:
     fit_problems: list[str]
     utilisation: dict[str, float]
     decode_breakdown_cycles: dict[str, float]
+    area_conventional_rom_mm2: float = 0.0  # the same chip with standard ROM beside the MACs
     per_layer: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -55,6 +56,20 @@ class Estimate:
 
 def _gib(x: float) -> str:
     return f"{x / GiB:.2f} GiB"
+
+
+def require_rom_fit(model: ModelSpec, chip: ChipConfig, mapping: Mapping) -> None:
+    """Raise the one-line input error when the weights cannot be placed in the ROM at all."""
+    need_rows = mapping.max_rows_per_cell
+    if need_rows > chip.rom.macro_rows:
+        need = need_rows * chip.n_cells * chip.rom.word_bits // 8
+        raise RomsimInputError(
+            "model",
+            model.name,
+            f"at {chip.quant.label()} needs {_gib(need)} of ROM, the config has "
+            f"{_gib(chip.rom_bytes)} (rom.macro_rows = {chip.rom.macro_rows}, "
+            f"{need_rows} needed per cell)",
+        )
 
 
 def check_fit(
@@ -78,6 +93,32 @@ def check_fit(
             f"the config has {chip.sram.lora_kv_bytes / MiB:.1f} MiB"
         )
     return problems
+
+
+def _per_layer(pm: PerfModel, ctx: float) -> list[dict]:
+    """Per-layer, per-op decode cost at context ``ctx``: cycles, the bounding stage and every
+    stage's load (e.g. a matmul's ``h_mac`` load is its LoRA path, overlapped with the ROM path).
+    LLaMA layers are identical, so one layer's ops are computed and shared by all entries."""
+    from romsim.perf.ops import RESOURCES
+
+    x = np.array([ctx])
+    table = pm.decode_table
+    cyc = table.op_cycles(x)[:, 0]
+    loads = table.c0 + table.c1 * ctx
+    ops = []
+    for i, op in enumerate(table.ops):
+        stages = {r: float(loads[i, j]) for j, r in enumerate(RESOURCES) if loads[i, j] > 0}
+        ops.append(
+            {
+                "op": op.name,
+                "cycles": float(cyc[i]),
+                "latency_cycles": float(op.latency_cycles),
+                "bound_by": max(stages, key=stages.get) if stages else "latency",
+                "stage_cycles": stages,
+            }
+        )
+    total = float(cyc.sum())
+    return [{"layer": i, "decode_cycles": total, "ops": ops} for i in range(pm.model.n_layers)]
 
 
 def estimate(
@@ -113,16 +154,7 @@ def estimate(
     lb = lora_bytes(model, chip)
     kvb = int(total_ctx * kv_bytes_per_token(model, chip))
 
-    layers: list[dict] = []
-    if per_layer:
-        x = np.array([mid])
-        cyc = pm.decode_table.op_cycles(x)[:, 0]
-        row: dict[str, float] = {}
-        for g, v in zip(pm.decode_table.groups, cyc, strict=True):
-            row[g] = row.get(g, 0.0) + float(v)
-        total = sum(row.values())
-        for i in range(model.n_layers):
-            layers.append({"layer": i, "decode_cycles": total, "decode_cycles_by_op": dict(row)})
+    layers = _per_layer(pm, mid) if per_layer else []
 
     from romsim.quant import model_rom_bytes
 
@@ -154,6 +186,11 @@ def estimate(
         fit_problems=problems,
         utilisation=pm.utilisation(mid),
         decode_breakdown_cycles=pm.decode_breakdown(mid),
+        area_conventional_rom_mm2=sum(
+            area_breakdown_mm2(chip.with_overrides(**{"rom.style": "rom"})).values()
+        )
+        if chip.rom.style == "brom"
+        else sum(area.values()),
         per_layer=layers,
     )
 

@@ -27,6 +27,7 @@ def print_estimate(
         ("energy per token", f"{est.energy_per_token_j * 1e3:.3f} mJ"),
         ("power (decode)", f"{est.power_w:.1f} W"),
         ("die area", f"{est.area_mm2:.1f} mm²"),
+        ("die area with conventional ROM", f"{est.area_conventional_rom_mm2:.1f} mm²"),
         ("ROM used / capacity", f"{est.rom_bytes / GB:.3f} / {est.rom_capacity_bytes / GB:.3f} GB"),
         (
             "SRAM LoRA+KV needed / capacity",

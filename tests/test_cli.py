@@ -73,11 +73,35 @@ def test_bad_config_one_line_exit_2(tmp_path, capsys, toml, needle):
     )
 
 
-def test_model_does_not_fit_message(tmp_path, capsys):
+def test_model_does_not_fit_is_one_line_exit_2(tmp_path, capsys):
     cfg = tmp_path / "small.toml"
     cfg.write_text('base = "roma-3b-w4"\n[rom]\nmacro_rows = 4096\n')
-    code, out, err = run(["estimate", "--config", str(cfg), "--strict"], capsys)
-    assert code == 2 and "needs 1.38 GiB of ROM" in out and "the config has 0.75 GiB" in out
+    code, out, err = run(["estimate", "--config", str(cfg)], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "romsim: error: model = 'llama-3.2-3b': at w4g128 needs 1.38 GiB of ROM, the config has "
+        "0.75 GiB (rom.macro_rows = 4096, 7532 needed per cell)"
+    )
+    # --allow-unfit still estimates and reports fits = false
+    code, out, err = run(["estimate", "--config", str(cfg), "--allow-unfit", "--json"], capsys)
+    d = json.loads(out)
+    assert code == 0 and d["fits"] is False and "needs 1.38 GiB of ROM" in d["fit_problems"][0]
+
+
+def test_context_too_long_for_sram(capsys):
+    args = ["estimate", "--prompt-len", "4000", "--gen-len", "1000", "--strict"]
+    code, out, err = run(args, capsys)
+    assert code == 2 and "KV cache for 5000 tokens" in out
+
+
+def test_per_layer_breakdown_names_ops_and_bounds(capsys):
+    code, out, _ = run(["estimate", "--json"], capsys)
+    layer = json.loads(out)["per_layer"][0]
+    ops = {o["op"]: o for o in layer["ops"]}
+    for name in ("qkv", "attn_score", "softmax", "attn_value", "o", "gate_up", "down", "rope"):
+        assert name in ops
+    assert ops["qkv"]["bound_by"] == "rom" and "h_mac" in ops["qkv"]["stage_cycles"]  # LoRA path
+    assert abs(sum(o["cycles"] for o in layer["ops"]) - layer["decode_cycles"]) < 1e-6
 
 
 def test_bad_flag_value(capsys):
