@@ -53,6 +53,7 @@ def test_train_step_grows_with_seq_len_and_rank(chip3, m3):
     c3 = train_step_cost(PerfModel(m3, hi), 4, 256)
     assert c3.time_s > c2.time_s and c3.sram_needed_bytes > c2.sram_needed_bytes
     assert c3.trainable_params == 4 * c2.trainable_params
+    assert c3.energy_j > c2.energy_j > c1.energy_j > 0
 
 
 def test_estimate_fields_and_consistency(chip3, m3):

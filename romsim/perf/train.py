@@ -66,7 +66,15 @@ def train_step_cost(
     opt = max(sram_cyc, vec_cyc) + chip.vector.op_latency_cycles
     cycles = batch * (fwd + bwd) + opt
     mem = train_sram_bytes(model, chip, seq_len, batch)
-    e = cycles * energy_per_cycle_j if energy_per_cycle_j else float("nan")
+    # energy: forward events counted op by op; backward scaled by its cycle ratio (same kinds of
+    # accesses: ROM words for dX, H-Unit MACs for LoRA and attention); Adam traffic in SRAM;
+    # leakage over the whole step.
+    from romsim.area.energy import dynamic_energy_j, event_energy_j
+    from romsim.area.model import leakage_w
+
+    e_fwd = sum(dynamic_energy_j(chip, pm.prefill_events(seq_len)).values())
+    e_opt = state_bytes * event_energy_j(chip)["sram_read_bytes"]
+    e = batch * e_fwd * (1 + bwd / fwd) + e_opt + leakage_w(chip) * cycles / f
     return TrainStepCost(
         time_s=cycles / f,
         energy_j=e,
