@@ -110,7 +110,7 @@ class AreaConfig(_Strict):
     h_sram_macro_rows: int = Field(16384, ge=128, description="depth of LoRA/KV SRAM macros")
     act_sram_macro_rows: int = Field(4096, ge=128, description="depth of activation SRAM macros")
     unit_buffer_bytes: int = Field(16384, ge=0, description="activation buffer per matrix unit")
-    control_io_fraction: float = Field(0.05, ge=0, lt=1, description="control, clocking, IO")
+    control_io_fraction: float = Field(0.045, ge=0, lt=1, description="control, clocking, IO")
 
 
 class VectorConfig(_Strict):

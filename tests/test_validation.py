@@ -1,13 +1,9 @@
 """The validation table (docs/validation.md) must stay within its targets."""
 
-from romsim.validation import render_markdown, validation_rows
+from romsim.validation import render_document, validation_rows
 
-# Rows the model misses, with the reason (docs/validation.md explains): the paper's
-# throughput table is not smooth in the input length, so no single output length fits all four.
-KNOWN_MISSES = {
-    "throughput, 256 input tokens": 15.0,
-    "throughput, 2048 input tokens": 15.0,
-}
+# Rows the model misses, with the reason (docs/validation.md explains). None at present.
+KNOWN_MISSES: dict[str, float] = {}
 
 
 def test_every_reported_figure_within_target():
@@ -25,6 +21,15 @@ def test_docs_table_is_current():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "validation.md").read_text()
-    assert render_markdown(validation_rows()) in doc, (
+    assert render_document(validation_rows()) == doc, (
         "regenerate: romsim validate --write docs/validation.md"
     )
+
+
+def test_analytical_matmul_agrees_with_cycle_level_simulation():
+    from romsim.validation import cyclesim_rows
+
+    for preset, op, sim, ana in cyclesim_rows():
+        assert abs(ana / sim - 1) <= 0.10, (
+            f"{preset} {op}: analytical {ana:.1f} vs cycle-level {sim:.1f}"
+        )

@@ -29,7 +29,7 @@ GATES_SFU = 9000  # exp / rsqrt / sigmoid lane (piecewise polynomial)
 GATES_ROUTER_PER_PORT_BIT = 12  # buffer flops + crossbar mux per port per link bit
 
 # --- energy at 7 nm ----------------------------------------------------------------------------
-ROM_READ_PJ_PER_BIT = 0.103  # (F) fitted to 33.1 W at 31.8K tok/s (P); ROM reads dominate
+ROM_READ_PJ_PER_BIT = 0.117  # (F) fitted to 33.1 W at 31.8K tok/s (P); ROM reads dominate
 BROM_READ_FACTOR = 0.60  # (P) fewer transistors switching per access (same factor as area)
 INT_MAC_PJ = 0.040  # (L) 4x8 multiply + 32b add, Horowitz ISSCC'14 45 nm values scaled to 7 nm
 FP_MAC_PJ = 0.25  # (L) fp16 FMA at 7 nm (Horowitz 45 nm 1.5 pJ, scaled)

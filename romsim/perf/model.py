@@ -18,7 +18,7 @@ from romsim.modelspec import LINEAR_KINDS, ModelSpec
 from romsim.perf.ops import RESOURCES, Op, OpTable
 
 # Matmuls that share one broadcast input, in execution order.
-_FUSED_INPUTS = (
+FUSED_INPUTS = (
     ("qkv", ("q", "k", "v")),
     ("o", ("o",)),
     ("gate_up", ("gate", "up")),
@@ -79,7 +79,14 @@ class PerfModel:
             m.max_groups_per_cell * m.fmt.group_size * m.fmt.bits / c.cell.mac_weight_bits_per_cycle
             for m in tiles
         )
-        op.add("rom", T * rom_rows / c.rom.reads_per_cycle)
+        # A cell's run of groups covers a contiguous K range; the busiest cell whose run sits at
+        # the end of K cannot start before the broadcast has delivered it (checked against the
+        # cycle-level simulation in romsim/perf/cyclesim.py). Paid once per op, not per token.
+        first = tiles[0]
+        n0 = first.max_groups_per_cell
+        gpr = first.groups_per_row
+        wait = (K * d.act_bytes / link) * max(0, gpr - n0 + 1) / gpr if n0 < gpr else 0.0
+        op.add("rom", T * rom_rows / c.rom.reads_per_cycle + wait)
         op.add("mac", T * mac_cyc)
         partials = sum(m.rows + d.U for m in tiles)
         op.add("reduce", T * partials * c.cell.acc_bits / 8 / (d.cols * link))
@@ -164,7 +171,7 @@ class PerfModel:
         T = tokens
         H, Iff = m.hidden_size, m.intermediate_size
         ops: list[Op] = [self._vector("attn_norm", "norm", T * H, 3, 1 / H)]
-        for group, kinds in _FUSED_INPUTS:
+        for group, kinds in FUSED_INPUTS:
             tiles = [self.layer_tiles[k] for k in kinds]
             ops.append(self._matmul(group, group, tiles, T))
             lo = self._lora(f"lora_{group}", tiles, T)
