@@ -4,6 +4,7 @@ subcommands that need them, so ``romsim estimate`` starts fast."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -176,11 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["presets", "models"])
     ls.set_defaults(func=cmd_list)
 
-    for modname in ("romsim.functional.cli",):
+    # Subcommands of the other layers; each module keeps torch/amaranth/flwr imports inside
+    # its functions so that building the parser stays light.
+    for modname in ("romsim.functional.cli", "romsim.rtl_cli", "romsim.fl.cli"):
         try:
-            mod = __import__(modname, fromlist=["add_parser", "run"])
-        except ImportError:
-            continue
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name and (modname == e.name or modname.startswith(e.name + ".")):
+                continue
+            raise
         mod.add_parser(sub)
     return p
 
