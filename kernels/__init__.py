@@ -1,1 +1,11 @@
-"""Installed as romsim.kernels (setuptools package-dir maps the top-level kernels/ folder)."""
+"""Installed as romsim.kernels (setuptools package-dir maps the top-level kernels/ folder).
+
+Numba reference kernels for what the accelerator computes (no torch):
+
+* :mod:`romsim.kernels.bitpack` -- the ROM word layout (codes, metadata, GGUF blocks).
+* :mod:`romsim.kernels.qmatmul` -- quantized GEMV/GEMM from ROM words, int (bit-exact, golden)
+  and float paths, block-floating-point activation quantizer.
+* :mod:`romsim.kernels.ops` -- RMSNorm, RoPE, SiLU gate, GQA attention, softmax, LoRA, sampling.
+
+See docs/kernels.md for the rounding rules and the int32 accumulator bound.
+"""

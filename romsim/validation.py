@@ -307,8 +307,10 @@ exponent, 9 bits per value), LoRA on all seven linears in FP8.
   B-ROM+compute 11.4, fused 6.9 thousand µm²) do not state the cell's capacity, and they imply
   an SRAM array at least 3.1x the ROM array plus compute, while the paper's own compiler figures
   give an SRAM/ROM bit-area ratio of at most 2.2x at equal macro depth. romsim's cell (622,592
-  bits, 16 MACs) is ROM-array-dominated, so fusing saves little; the rows are shown for
-  information. Issue 4 (Yosys synthesis of the generated cells) will calibrate the compute side.
+  bits, one 64-bit word of MACs per cycle) is ROM-array-dominated: its compute, from Yosys
+  synthesis of the generated RTL (romsim/area/synth_calibration.json, docs/rtl.md), is about
+  1.4 thousand µm² against a 15 thousand µm² B-ROM array, so fusing saves little. The rows are
+  shown for information.
 - **Area shares** are compared in mm² (share x 503.7 mm²) because the paper's shares sum to 96 %.
 - **"KV cache up to 4K tokens"** is compared with the longest KV cache that fits beside rank-16
   LoRA in the 288 MiB LoRA+KV SRAM.

@@ -4,7 +4,10 @@ and scaled to the configured node."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 
 from romsim.area import tech as T
 from romsim.config import ChipConfig
@@ -43,9 +46,29 @@ def rom_array_mm2(bits: float, bank_rows: int, style: str) -> float:
     return bits * T.ROM_BITCELL_UM2 * factor / eff / UM2_PER_MM2
 
 
-def cell_compute_gates(chip: ChipConfig) -> float:
-    """NAND2-equivalents of one fused cell's datapath (decode, MACs, dequantization)."""
+@lru_cache(maxsize=1)
+def _synth_calibration() -> dict | None:
+    """Yosys synthesis of the generated cells (rtl/, `romsim rtl synth --all --write-calibration`)."""
+    try:
+        text = resources.files("romsim.area").joinpath("synth_calibration.json").read_text()
+    except FileNotFoundError:
+        return None
+    return json.loads(text)
+
+
+def cell_compute_gates(chip: ChipConfig, style: str | None = None) -> float:
+    """NAND2-equivalents of one cell's datapath (weight decode, MACs, accumulation, zero
+    correction). From the Yosys calibration of the generated RTL when it has this bit width,
+    scaled by MAC width; else from the literature gate counts in tech.py."""
+    style = style or chip.rom.style
     bits = chip.quant.default.bits
+    cal = _synth_calibration()
+    if cal is not None:
+        key = "fused" if style == "brom" else "conventional"
+        entry = cal["styles"].get(key, {}).get(str(bits))
+        if entry is not None:
+            scale = chip.cell.mac_weight_bits_per_cycle / cal["config"]["mac_weight_bits_per_cycle"]
+            return float(entry["nand2_eq"]) * scale
     macs = max(1, chip.cell.mac_weight_bits_per_cycle // bits)
     return macs * T.GATES_INT_MAC_4x8 * (chip.cell.act_bits / 8) + T.GATES_DEQUANT
 
@@ -56,7 +79,7 @@ def cell_area_mm2(chip: ChipConfig, style: str | None = None) -> dict[str, float
     of the two; a conventional ROM sits beside its MAC block."""
     style = style or chip.rom.style
     rom = rom_array_mm2(chip.rom.bits_per_cell, chip.rom.bank_rows, style)
-    comp = _logic_mm2(cell_compute_gates(chip))
+    comp = _logic_mm2(cell_compute_gates(chip, style))
     cell = max(rom, comp) if style == "brom" else rom + comp
     return {"rom_array_mm2": rom, "compute_mm2": comp, "cell_mm2": cell}
 
@@ -145,13 +168,14 @@ def ablation_um2(chip: ChipConfig) -> dict[str, float]:
     """One L-Unit cell built four ways (the paper's ablation): SRAM + compute, standard ROM +
     compute, B-ROM + compute (side by side), and the fused B-ROM cell."""
     bits = chip.rom.bits_per_cell
-    comp = _logic_mm2(cell_compute_gates(chip))
+    conv = _logic_mm2(cell_compute_gates(chip, "rom"))
+    fused = _logic_mm2(cell_compute_gates(chip, "brom"))
     rom = rom_array_mm2(bits, chip.rom.bank_rows, "rom")
     brom = rom_array_mm2(bits, chip.rom.bank_rows, "brom")
     sram = _sram_mm2(bits, chip.rom.bank_rows)
     return {
-        "sram_compute": (sram + comp) * UM2_PER_MM2,
-        "rom_compute": (rom + comp) * UM2_PER_MM2,
-        "brom_compute": (brom + comp) * UM2_PER_MM2,
-        "fused_cell": max(brom, comp) * UM2_PER_MM2,
+        "sram_compute": (sram + conv) * UM2_PER_MM2,
+        "rom_compute": (rom + conv) * UM2_PER_MM2,
+        "brom_compute": (brom + fused) * UM2_PER_MM2,
+        "fused_cell": max(brom, fused) * UM2_PER_MM2,
     }

@@ -1,0 +1,640 @@
+"""Quantized GEMV / small-batch GEMM straight from packed ROM words (Numba, no torch).
+
+Two datapaths (see docs/kernels.md for the rounding rules and the int32 accumulator proof):
+
+* **int** -- what the accelerator's L-Unit computes, and the golden reference for the RTL.
+  Activations are quantized per weight group to block floating point (int8 mantissas, one
+  power-of-two exponent per group, :func:`quantize_act_bfp`); each cell forms the integer dots
+  ``D = sum q_i*m_i`` and ``S = sum m_i`` (:func:`int_group_dots` returns them), and dequantizes
+  after (:func:`combine_int`). :func:`qmatmul` with ``path="int"`` is a fused, parallel version
+  that is bit-identical to ``combine_int(int_group_dots(...))``.
+* **float** -- codes dequantized to fp32 on the fly and dotted in fp32 with the fp32 activation,
+  reassociated for speed (``s*sum(q*x) + c*sum(x)`` per group, ``c = -s*z`` or the Q4_1 min);
+  equal to dequantize-then-dot up to fp32 rounding. :func:`dequantize` gives the fp32 weights.
+
+A weight tensor is a :class:`QTensor`; layouts are documented in :mod:`romsim.kernels.bitpack`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba as nb
+import numpy as np
+
+from . import bitpack as bp
+
+# code layouts inside a group's bytes
+LAYOUT_STREAM = 0  # LSB-first stream of `bits`-wide unsigned codes (affine, symmetric)
+LAYOUT_Q4 = 1  # llama.cpp Q4_x: byte j = element j (low nibble) | element j+16 (high nibble)
+LAYOUT_Q8 = 2  # llama.cpp Q8_0: byte j = element j as int8
+
+KINDS = ("affine", "symmetric", "q4_0", "q4_1", "q8_0")
+
+
+@dataclass
+class QTensor:
+    """A quantized ``[n, k]`` weight as it lies in ROM, plus its decoded group metadata.
+
+    ``words``/``meta`` are the ROM words (the bit-exact image); ``scale`` (fp32 of the fp16
+    scale or d), ``zero`` (int32: affine z, 2**(bits-1) for symmetric, 8 for Q4_0, 0 otherwise)
+    and ``minimum`` (fp32 of Q4_1's m, else 0) are decoded once from ``meta`` -- the hardware's
+    metadata decoder -- and cached as ``[n, n_groups]`` arrays.
+    """
+
+    kind: str
+    bits: int
+    group_size: int
+    n: int
+    k: int
+    words: np.ndarray
+    meta: np.ndarray
+    scale: np.ndarray = field(repr=False)
+    zero: np.ndarray = field(repr=False)
+    minimum: np.ndarray = field(repr=False)
+
+    @property
+    def n_groups(self) -> int:
+        return bp.n_groups(self.k, self.group_size)
+
+    @property
+    def k_padded(self) -> int:
+        return self.n_groups * self.group_size
+
+    @property
+    def layout(self) -> int:
+        if self.kind in ("q4_0", "q4_1"):
+            return LAYOUT_Q4
+        if self.kind == "q8_0":
+            return LAYOUT_Q8
+        return LAYOUT_STREAM
+
+    @property
+    def group_bytes(self) -> int:
+        if self.kind in bp.GGUF_KINDS:
+            return bp.GGUF_QS_BYTES[self.kind]
+        return bp.words_per_group(self.group_size, self.bits) * 8
+
+    @property
+    def has_min(self) -> bool:
+        return self.kind == "q4_1"
+
+    @property
+    def rom_bytes(self) -> int:
+        return int(self.words.nbytes + self.meta.nbytes)
+
+    def code_bytes(self) -> np.ndarray:
+        return self.words.view(np.uint8)
+
+    # ---- constructors -----------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, raw: np.ndarray, kind: str, n: int, k: int) -> QTensor:
+        words, meta, d, m = bp.gguf_blocks_to_words(raw, kind, n, k)
+        nbk = k // bp.GGUF_BLOCK
+        zero = np.full((n, nbk), 8 if kind == "q4_0" else 0, np.int32)
+        mn = m.astype(np.float32) if m is not None else np.zeros((n, nbk), np.float32)
+        return cls(
+            kind, 8 if kind == "q8_0" else 4, 32, n, k, words, meta, d.astype(np.float32), zero, mn
+        )
+
+    @classmethod
+    def from_affine(
+        cls, codes, scale_fp16, zero, bits: int, group_size: int, kind: str = "affine"
+    ) -> QTensor:
+        n, k = codes.shape
+        ng = bp.n_groups(k, group_size)
+        words = bp.pack_codes(codes, bits, group_size)
+        s16 = np.asarray(scale_fp16, np.float16).reshape(n, ng)
+        if kind == "symmetric":
+            meta = bp.pack_meta(s16, None, 0)
+            z = np.full((n, ng), 1 << (bits - 1), np.int32)
+        else:
+            z = np.asarray(zero).reshape(n, ng).astype(np.int32)
+            meta = bp.pack_meta(s16, z, bits)
+        return cls(
+            kind,
+            bits,
+            group_size,
+            n,
+            k,
+            words,
+            meta,
+            s16.astype(np.float32),
+            z,
+            np.zeros((n, ng), np.float32),
+        )
+
+    @classmethod
+    def quantize(cls, w: np.ndarray, bits: int, group_size: int) -> QTensor:
+        codes, s, z = bp.quantize_affine(w, bits, group_size)
+        return cls.from_affine(codes, s, z, bits, group_size)
+
+    @classmethod
+    def from_words(
+        cls,
+        kind: str,
+        bits: int,
+        group_size: int,
+        n: int,
+        k: int,
+        words: np.ndarray,
+        meta: np.ndarray,
+    ) -> QTensor:
+        """Rebuild from ROM words alone (decodes the metadata words)."""
+        ng = bp.n_groups(k, group_size)
+        count = n * ng
+        words = np.ascontiguousarray(words, np.uint64)
+        meta = np.ascontiguousarray(meta, np.uint64)
+        zeros_f = np.zeros((n, ng), np.float32)
+        if kind == "q4_1":
+            d, mb = bp.unpack_meta(meta, count, 16)
+            mn = mb.astype(np.uint16).view(np.float16).astype(np.float32).reshape(n, ng)
+            return cls(
+                kind,
+                4,
+                32,
+                n,
+                k,
+                words,
+                meta,
+                d.astype(np.float32).reshape(n, ng),
+                np.zeros((n, ng), np.int32),
+                mn,
+            )
+        if kind in ("q4_0", "q8_0"):
+            d, _ = bp.unpack_meta(meta, count, 0)
+            z = np.full((n, ng), 8 if kind == "q4_0" else 0, np.int32)
+            return cls(
+                kind, bits, 32, n, k, words, meta, d.astype(np.float32).reshape(n, ng), z, zeros_f
+            )
+        if kind == "symmetric":
+            s, _ = bp.unpack_meta(meta, count, 0)
+            z = np.full((n, ng), 1 << (bits - 1), np.int32)
+        elif kind == "affine":
+            s, zz = bp.unpack_meta(meta, count, bits)
+            z = zz.astype(np.int32).reshape(n, ng)
+        else:
+            raise ValueError(f"unsupported kind {kind!r}; supported: {', '.join(KINDS)}")
+        return cls(
+            kind,
+            bits,
+            group_size,
+            n,
+            k,
+            words,
+            meta,
+            s.astype(np.float32).reshape(n, ng),
+            z,
+            zeros_f,
+        )
+
+    def codes(self) -> np.ndarray:
+        """Element-ordered codes ``[n, k]`` (int16; Q8_0 signed), unpacked with numpy."""
+        if self.layout == LAYOUT_STREAM:
+            return bp.unpack_codes(self.words, self.bits, self.group_size, self.n, self.k).astype(
+                np.int16
+            )
+        by = self.code_bytes().reshape(self.n, self.n_groups, self.group_bytes)
+        if self.layout == LAYOUT_Q8:
+            return by.view(np.int8).astype(np.int16).reshape(self.n, self.k)
+        lo = (by & 15).astype(np.int16)
+        hi = (by >> 4).astype(np.int16)
+        return np.concatenate([lo, hi], axis=2).reshape(self.n, self.k)
+
+
+# ------------------------------------------------------------------------------------------------
+# Numba cores
+
+
+@nb.njit(inline="always")
+def _decode_group(by, base, layout, bits, G, q):
+    """Decode one group's codes from the byte view of the ROM words into ``q[:G]``."""
+    if layout == 1:
+        for j in range(16):
+            v = by[base + j]
+            q[j] = v & 15
+            q[j + 16] = v >> 4
+    elif layout == 2:
+        for j in range(32):
+            v = np.int32(by[base + j])
+            q[j] = v - 256 if v >= 128 else v
+    elif bits == 8:
+        for i in range(G):
+            q[i] = by[base + i]
+    elif bits == 4:
+        for j in range(G // 2):
+            v = by[base + j]
+            q[2 * j] = v & 15
+            q[2 * j + 1] = v >> 4
+    elif bits == 2:
+        for j in range(G // 4):
+            v = by[base + j]
+            q[4 * j] = v & 3
+            q[4 * j + 1] = (v >> 2) & 3
+            q[4 * j + 2] = (v >> 4) & 3
+            q[4 * j + 3] = v >> 6
+    else:  # generic (3-bit): codes may straddle bytes and 64-bit words
+        mask = (1 << bits) - 1
+        for i in range(G):
+            p = i * bits
+            b0 = p >> 3
+            off = p & 7
+            v = np.int32(by[base + b0])
+            if off + bits > 8:
+                v |= np.int32(by[base + b0 + 1]) << 8
+            q[i] = (v >> off) & mask
+
+
+@nb.njit(cache=True)
+def _group_sums_f32(X, G):
+    M, Kp = X.shape
+    ng = Kp // G
+    xs = np.zeros((M, ng), np.float32)
+    for m in range(M):
+        for g in range(ng):
+            t = np.float32(0.0)
+            for i in range(G):
+                t += X[m, g * G + i]
+            xs[m, g] = t
+    return xs
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _qmm_float(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, X, out):
+    M = X.shape[0]
+    N, ng = scale.shape
+    xs = _group_sums_f32(X, G)
+    for n in nb.prange(N):
+        q = np.empty(G, np.float32)
+        acc = np.zeros(M, np.float32)
+        for g in range(ng):
+            _decode_group(by, (n * ng + g) * gbytes, layout, bits, G, q)
+            s = scale[n, g]
+            c = minimum[n, g] if has_min else -s * np.float32(zero[n, g])
+            k0 = g * G
+            for m in range(M):
+                xm = X[m, k0 : k0 + G]
+                t = np.float32(0.0)
+                for i in range(G):
+                    t += q[i] * xm[i]
+                acc[m] += s * t + c * xs[m, g]
+        for m in range(M):
+            out[m, n] = acc[m]
+
+
+@nb.njit(parallel=True, cache=True)
+def _qmm_int(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, A, S, P2, out):
+    # No fastmath: fp32 operations happen exactly in the documented order (golden rounding).
+    M = A.shape[0]
+    N, ng = scale.shape
+    for n in nb.prange(N):
+        q = np.empty(G, np.int32)
+        acc = np.zeros(M, np.float32)
+        for g in range(ng):
+            _decode_group(by, (n * ng + g) * gbytes, layout, bits, G, q)
+            s = scale[n, g]
+            z = zero[n, g]
+            mn = minimum[n, g]
+            k0 = g * G
+            for m in range(M):
+                am = A[m, k0 : k0 + G]
+                d = np.int32(0)
+                for i in range(G):
+                    d += q[i] * np.int32(am[i])
+                if has_min:
+                    p = np.float32(d) * s
+                    p = p + np.float32(S[m, g]) * mn
+                else:
+                    p = np.float32(d - z * S[m, g]) * s
+                acc[m] += p * P2[m, g]
+        for m in range(M):
+            out[m, n] = acc[m]
+
+
+# GEMV (M = 1) fast paths for the 4-bit layouts, decode fused into the dot. Kept as separate
+# kernels with the layout fixed in the code: LLVM vectorizes these loops, not a generic one.
+# Integer results are identical to the decode-then-dot kernels (same integers, same fp32 order).
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _qmv_q4_float(by, hb, scale, zero, minimum, has_min, x, xs, out):
+    N, ng = scale.shape
+    for n in nb.prange(N):
+        acc = np.float32(0.0)
+        for g in range(ng):
+            base = (n * ng + g) * hb
+            bb = by[base : base + hb]  # slices (views) let LLVM vectorize the loop
+            xa = x[g * 32 : g * 32 + hb]
+            xb = x[g * 32 + hb : g * 32 + 32]
+            t = np.float32(0.0)
+            for j in range(hb):  # runtime trip count: LLVM's loop vectorizer, not SLP
+                c = bb[j]
+                t += np.float32(c & 15) * xa[j] + np.float32(c >> 4) * xb[j]
+            s = scale[n, g]
+            cc = minimum[n, g] if has_min else -s * np.float32(zero[n, g])
+            acc += s * t + cc * xs[g]
+        out[n] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def _qmv_q4_int(by, hb, scale, zero, minimum, has_min, a, S, P2, out):
+    N, ng = scale.shape
+    for n in nb.prange(N):
+        acc = np.float32(0.0)
+        for g in range(ng):
+            base = (n * ng + g) * hb
+            bb = by[base : base + hb]
+            xa = a[g * 32 : g * 32 + hb]
+            xb = a[g * 32 + hb : g * 32 + 32]
+            d = np.int32(0)
+            for j in range(hb):  # runtime trip count: LLVM's loop vectorizer, not SLP
+                c = np.int32(bb[j])
+                d += (c & 15) * np.int32(xa[j]) + (c >> 4) * np.int32(xb[j])
+            s = scale[n, g]
+            if has_min:
+                p = np.float32(d) * s
+                p = p + np.float32(S[g]) * minimum[n, g]
+            else:
+                p = np.float32(d - zero[n, g] * S[g]) * s
+            acc += p * P2[g]
+        out[n] = acc
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _qmv_s4_float(by, G, gbytes, scale, zero, x, xs, out):
+    # x holds, per group, the even-indexed then the odd-indexed activations (_evens_odds)
+    N, ng = scale.shape
+    hb = G // 2
+    for n in nb.prange(N):
+        acc = np.float32(0.0)
+        for g in range(ng):
+            base = (n * ng + g) * gbytes
+            bb = by[base : base + hb]
+            xa = x[g * G : g * G + hb]
+            xb = x[g * G + hb : g * G + G]
+            t = np.float32(0.0)
+            for j in range(hb):
+                c = bb[j]
+                t += np.float32(c & 15) * xa[j] + np.float32(c >> 4) * xb[j]
+            s = scale[n, g]
+            acc += s * t - s * np.float32(zero[n, g]) * xs[g]
+        out[n] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def _qmv_s4_int(by, G, gbytes, scale, zero, a, S, P2, out):
+    N, ng = scale.shape
+    hb = G // 2
+    for n in nb.prange(N):
+        acc = np.float32(0.0)
+        for g in range(ng):
+            base = (n * ng + g) * gbytes
+            bb = by[base : base + hb]
+            xa = a[g * G : g * G + hb]
+            xb = a[g * G + hb : g * G + G]
+            d = np.int32(0)
+            for j in range(hb):
+                c = np.int32(bb[j])
+                d += (c & 15) * np.int32(xa[j]) + (c >> 4) * np.int32(xb[j])
+            p = np.float32(d - zero[n, g] * S[g]) * scale[n, g]
+            acc += p * P2[g]
+        out[n] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def _dequant_rows(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, rows, out):
+    ng = scale.shape[1]
+    K = out.shape[1]
+    for r in nb.prange(rows.shape[0]):
+        n = rows[r]
+        q = np.empty(G, np.int32)
+        for g in range(ng):
+            _decode_group(by, (n * ng + g) * gbytes, layout, bits, G, q)
+            s = scale[n, g]
+            for i in range(G):
+                kk = g * G + i
+                if kk < K:
+                    if has_min:
+                        out[r, kk] = s * np.float32(q[i]) + minimum[n, g]
+                    else:
+                        out[r, kk] = s * np.float32(q[i] - zero[n, g])
+
+
+@nb.njit(cache=True)
+def _quantize_act_bfp(X, G, A, E, mbits):
+    M, Kp = X.shape
+    top = 1 << (mbits - 1)  # 128 for int8
+    lim = top - 0.5  # mantissas must round into [-(top-1), top-1]
+    ng = Kp // G
+    for m in range(M):
+        for g in range(ng):
+            amax = 0.0
+            for i in range(G):
+                a = abs(np.float64(X[m, g * G + i]))
+                if a > amax:
+                    amax = a
+            if amax == 0.0:
+                e = 0
+            else:
+                fr, ex = math.frexp(amax)  # amax = fr * 2**ex, fr in [0.5, 1)
+                e = ex - (mbits - 1) if fr * top < lim else ex - (mbits - 2)
+            E[m, g] = e
+            inv = math.ldexp(1.0, -e)
+            for i in range(G):
+                A[m, g * G + i] = np.rint(np.float64(X[m, g * G + i]) * inv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Python faces
+
+
+# Parallel regions cost a thread wake-up and a barrier (tens of microseconds on an idle host,
+# milliseconds when the cores are shared with other processes). Below this many multiply-adds a
+# kernel runs on the calling thread only.
+PARALLEL_MIN_WORK = 1 << 22
+
+
+def _evens_odds(v: np.ndarray, group_size: int) -> np.ndarray:
+    """Per group, even-indexed elements then odd-indexed ones: the 4-bit stream GEMV kernels
+    then read both nibbles of a byte against contiguous activations (vectorizable)."""
+    ng = v.shape[0] // group_size
+    return np.ascontiguousarray(v.reshape(ng, group_size // 2, 2).transpose(0, 2, 1)).reshape(-1)
+
+
+def set_threads_for(work: int) -> None:
+    """One thread for small work, all of Numba's threads (NUMBA_NUM_THREADS) otherwise."""
+    want = 1 if work < PARALLEL_MIN_WORK else nb.config.NUMBA_NUM_THREADS
+    if nb.get_num_threads() != want:
+        nb.set_num_threads(want)
+
+
+def _as_2d_padded(x: np.ndarray, k: int, kp: int) -> tuple[np.ndarray, bool]:
+    x = np.asarray(x, dtype=np.float32)
+    vec = x.ndim == 1
+    x2 = x.reshape(1, -1) if vec else x
+    if x2.shape[1] != k:
+        raise ValueError(f"activation has K={x2.shape[1]}, weight expects K={k}")
+    if kp != k:
+        xp = np.zeros((x2.shape[0], kp), np.float32)
+        xp[:, :k] = x2
+        x2 = xp
+    return np.ascontiguousarray(x2), vec
+
+
+def quantize_act_bfp(
+    x: np.ndarray, group_size: int, act_bits: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Block-floating-point activations: ``x[M, Kp]`` fp32 (Kp a multiple of group_size) ->
+    (int8 mantissas ``[M, Kp]``, int32 exponents ``[M, Kp/group_size]``), ``x ~= m * 2**e``.
+
+    Per group, ``e`` is the smallest integer with ``max|x| * 2**-e < 127.5`` (so every mantissa
+    rounds into [-127, 127]); ``m_i = rint(x_i * 2**-e)``, round half to even, computed exactly in
+    float64. An all-zero group gets ``e = 0``. ``act_bits`` (default 8, the hardware's) changes
+    the mantissa width for exploration (bound ``2**(act_bits-1) - 0.5``; int16 storage above 8);
+    the int32 accumulator proof in docs/kernels.md covers ``act_bits <= 8`` only.
+    """
+    if not 2 <= act_bits <= 16:
+        raise ValueError(f"act_bits must be in [2, 16], got {act_bits}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[1] % group_size:
+        raise ValueError("activation length must be a multiple of group_size (pad with zeros)")
+    a = np.empty(x.shape, np.int8 if act_bits <= 8 else np.int16)
+    e = np.empty((x.shape[0], x.shape[1] // group_size), np.int32)
+    _quantize_act_bfp(x, group_size, a, e, act_bits)
+    return a, e
+
+
+def _pow2_f32(e: np.ndarray) -> np.ndarray:
+    return np.ldexp(np.float32(1.0), e.astype(np.int32)).astype(np.float32)
+
+
+def _meta_args(qt: QTensor):
+    return (
+        qt.code_bytes(),
+        qt.layout,
+        qt.bits,
+        qt.group_size,
+        qt.group_bytes,
+        np.ascontiguousarray(qt.scale, np.float32),
+        np.ascontiguousarray(qt.zero, np.int32),
+        np.ascontiguousarray(qt.minimum, np.float32),
+        qt.has_min,
+    )
+
+
+def quantize_act(x: np.ndarray, k: int, group_size: int, act_bits: int = 8):
+    """Int-path activation operand for a ``K = k`` weight of ``group_size``: (int8 mantissas,
+    int32 group sums S, fp32 ``2**e``). Pass it as ``qmatmul(..., act=...)`` to share one
+    quantization between matrices that read the same input (q/k/v, gate/up), as the chip does."""
+    kp = -(-k // group_size) * group_size
+    x2, _ = _as_2d_padded(x, k, kp)
+    a, e = quantize_act_bfp(x2, group_size, act_bits)
+    s = a.reshape(a.shape[0], -1, group_size).sum(axis=2, dtype=np.int32)
+    return a, s, _pow2_f32(e)
+
+
+def qmatmul(
+    qt: QTensor, x: np.ndarray, path: str = "float", act_bits: int = 8, act=None
+) -> np.ndarray:
+    """``y = x @ W.T`` for ``x[K]`` or ``x[M, K]`` with W read from the ROM words of ``qt``
+    (``act_bits``: activation mantissa width of the int path; ``act``: a precomputed
+    :func:`quantize_act` result for ``x``)."""
+    x2, vec = _as_2d_padded(x, qt.k, qt.k_padded)
+    out = np.empty((x2.shape[0], qt.n), np.float32)
+    set_threads_for(x2.shape[0] * qt.n * qt.k_padded)
+    if path == "float":
+        fast = x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8
+        if fast:
+            xs = x2[0].reshape(-1, qt.group_size).sum(axis=1, dtype=np.float32)
+            if qt.layout == LAYOUT_Q4:
+                _qmv_q4_float(qt.code_bytes(), 16, *_meta_args(qt)[5:9], x2[0], xs, out[0])
+            else:
+                _qmv_s4_float(
+                    qt.code_bytes(),
+                    qt.group_size,
+                    qt.group_bytes,
+                    *_meta_args(qt)[5:7],
+                    _evens_odds(x2[0], qt.group_size),
+                    xs,
+                    out[0],
+                )
+        else:
+            _qmm_float(*_meta_args(qt), x2, out)
+    elif path == "int":
+        a, s, p2 = (
+            act if act is not None else quantize_act(x2, qt.k_padded, qt.group_size, act_bits)
+        )
+        if x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8 and act_bits <= 8:
+            if qt.layout == LAYOUT_Q4:
+                _qmv_q4_int(qt.code_bytes(), 16, *_meta_args(qt)[5:9], a[0], s[0], p2[0], out[0])
+            else:
+                _qmv_s4_int(
+                    qt.code_bytes(),
+                    qt.group_size,
+                    qt.group_bytes,
+                    *_meta_args(qt)[5:7],
+                    _evens_odds(a[0], qt.group_size),
+                    s[0],
+                    p2[0],
+                    out[0],
+                )
+        else:
+            _qmm_int(*_meta_args(qt), a, s, p2, out)
+    else:
+        raise ValueError(f"path must be 'float' or 'int', got {path!r}")
+    return out[0] if vec else out
+
+
+def dequantize(qt: QTensor, rows: np.ndarray | None = None) -> np.ndarray:
+    """fp32 weights ``[len(rows) or n, k]``: ``s*(q - z)`` (one rounding) or, for Q4_1,
+    ``d*q + m`` (two roundings, as llama.cpp)."""
+    r = np.arange(qt.n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+    if r.size and (r.min() < 0 or r.max() >= qt.n):
+        raise IndexError(f"row index out of range [0, {qt.n})")
+    out = np.empty((r.size, qt.k), np.float32)
+    set_threads_for(r.size * qt.k)
+    _dequant_rows(*_meta_args(qt), r, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Golden integer reference (numpy, independent of the Numba cores)
+
+
+def int_group_dots(qt: QTensor, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pure-integer cell outputs. ``a``: int8 mantissas ``[M, Kp]`` (from
+    :func:`quantize_act_bfp`). Returns ``D`` int32 ``[M, N, ng]`` (``sum_i q_i*m_i``; Q8_0 codes
+    signed) and ``S`` int32 ``[M, ng]`` (``sum_i m_i``)."""
+    a = np.asarray(a)
+    M = a.shape[0]
+    G, ng = qt.group_size, qt.n_groups
+    codes = np.zeros((qt.n, qt.k_padded), np.int64)
+    codes[:, : qt.k] = qt.codes()
+    ag = a.astype(np.int64).reshape(M, ng, G)
+    d = np.einsum("ngi,mgi->mng", codes.reshape(qt.n, ng, G), ag)
+    s = ag.sum(axis=2)
+    assert np.abs(d).max(initial=0) < 2**31 and np.abs(s).max(initial=0) < 2**31
+    return d.astype(np.int32), s.astype(np.int32)
+
+
+def combine_int(qt: QTensor, D: np.ndarray, S: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Dequantize cell outputs exactly as the hardware does (all fp32, round to nearest even):
+
+    affine/symmetric/Q4_0/Q8_0: ``p = fp32(D - z*S) * s``; Q4_1: ``p = fp32(D)*d + fp32(S)*m``
+    (two products, one sum, each rounded); then ``p *= 2**e`` (exact) and
+    ``y = (((0 + p_0) + p_1) + ...)`` over groups in increasing K order.
+    """
+    M, N, ng = D.shape
+    s = qt.scale.astype(np.float32)[None]
+    if qt.has_min:
+        p = D.astype(np.float32) * s
+        p = p + S[:, None, :].astype(np.float32) * qt.minimum.astype(np.float32)[None]
+    else:
+        t = D.astype(np.int64) - qt.zero.astype(np.int64)[None] * S[:, None, :].astype(np.int64)
+        p = t.astype(np.float32) * s
+    p = p * _pow2_f32(e)[:, None, :]
+    acc = np.zeros((M, N), np.float32)
+    for g in range(ng):
+        acc = acc + p[:, :, g]
+    return acc

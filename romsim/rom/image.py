@@ -1,0 +1,279 @@
+"""ROM images: a model's ROM-resident quantized matrices as 64-bit ROM words, and a file format.
+
+Word layout of one matrix (codes and metadata) is defined once in :mod:`romsim.kernels.bitpack`
+(and described in :mod:`romsim.quant`). A :class:`RomImage` is an ordered set of such matrices;
+:meth:`RomImage.cell_words` cuts a matrix's word stream into per-fused-cell slices when
+``romsim.mapping`` provides a cell assignment (see :func:`cell_slices`).
+
+File format (little-endian), version 1::
+
+    b"ROMSIMG1"                      8 bytes magic
+    u64 header_len                   length of the JSON header in bytes
+    header (UTF-8 JSON)              {"version": 1, "name": ..., "entries": [...]}
+    zero padding to a multiple of 8
+    data: per entry, code words then metadata words (uint64 LE), at the offsets in the header
+
+Each entry: name, kind, bits, group_size, n, k, words_offset/n_words, meta_offset/n_meta
+(offsets in 64-bit words from the start of the data section).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from romsim.errors import RomsimInputError
+from romsim.kernels import bitpack as bp
+from romsim.kernels.qmatmul import KINDS, QTensor
+
+MAGIC = b"ROMSIMG1"
+VERSION = 1
+
+
+class RomImageError(RomsimInputError):
+    """A ROM image file that cannot be read back."""
+
+
+@dataclass
+class RomImage:
+    name: str = "rom"
+    matrices: dict[str, QTensor] = field(default_factory=dict)
+
+    def add(self, name: str, qt: QTensor) -> None:
+        if name in self.matrices:
+            raise ValueError(f"duplicate ROM matrix {name!r}")
+        self.matrices[name] = qt
+
+    def __getitem__(self, name: str) -> QTensor:
+        return self.matrices[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.matrices
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.matrices)
+
+    @property
+    def total_words(self) -> int:
+        return sum(int(q.words.size + q.meta.size) for q in self.matrices.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return self.total_words * 8
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for qt in self.matrices.values():
+            key = qt.kind if qt.kind in bp.GGUF_KINDS else f"w{qt.bits}g{qt.group_size}"
+            d = out.setdefault(key, {"matrices": 0, "weights": 0, "code_words": 0, "meta_words": 0})
+            d["matrices"] += 1
+            d["weights"] += qt.n * qt.k
+            d["code_words"] += int(qt.words.size)
+            d["meta_words"] += int(qt.meta.size)
+        return out
+
+    # ---- per-cell view ----------------------------------------------------------------------
+    def cell_words(self, name: str, words_per_cell: int) -> list[np.ndarray]:
+        """The code-word stream of one matrix cut into consecutive cell-sized slices (whole
+        groups per cell). A placeholder for ``romsim.mapping``'s assignment: see
+        :func:`cell_slices`."""
+        qt = self.matrices[name]
+        return [qt.words[a:b] for a, b in cell_slices(qt, words_per_cell)]
+
+    # ---- file I/O ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename)."""
+        path = Path(path)
+        entries = []
+        off = 0
+        for nm, qt in self.matrices.items():
+            e = {
+                "name": nm,
+                "kind": qt.kind,
+                "bits": qt.bits,
+                "group_size": qt.group_size,
+                "n": qt.n,
+                "k": qt.k,
+                "words_offset": off,
+                "n_words": int(qt.words.size),
+            }
+            off += int(qt.words.size)
+            e["meta_offset"] = off
+            e["n_meta"] = int(qt.meta.size)
+            off += int(qt.meta.size)
+            entries.append(e)
+        header = json.dumps({"version": VERSION, "name": self.name, "entries": entries}).encode()
+        pad = (-(len(MAGIC) + 8 + len(header))) % 8
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(MAGIC)
+                fh.write(np.uint64(len(header)).astype("<u8").tobytes())
+                fh.write(header)
+                fh.write(b"\0" * pad)
+                for qt in self.matrices.values():
+                    fh.write(qt.words.astype("<u8").tobytes())
+                    fh.write(qt.meta.astype("<u8").tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> RomImage:
+        path = Path(path)
+        src = str(path)
+        if not path.is_file():
+            raise RomImageError("path", src, "file not found")
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size < 16 or raw[:8].tobytes() != MAGIC:
+            raise RomImageError(
+                "magic", raw[:8].tobytes(), f"not a ROM image (expected {MAGIC!r})", source=src
+            )
+        hlen = int(raw[8:16].view("<u8")[0])
+        if 16 + hlen > raw.size:
+            raise RomImageError(
+                "header_len", hlen, "header runs past the end of the file", source=src
+            )
+        try:
+            header = json.loads(raw[16 : 16 + hlen].tobytes())
+        except ValueError as e:
+            raise RomImageError("header", "JSON", f"unreadable ({e})", source=src) from None
+        if header.get("version") != VERSION:
+            raise RomImageError("version", header.get("version"), f"expected {VERSION}", source=src)
+        start = 16 + hlen + ((-(16 + hlen)) % 8)
+        data = raw[start:]
+        if data.size % 8:
+            raise RomImageError(
+                "data", f"{data.size} bytes", "not a whole number of 64-bit words", source=src
+            )
+        words = data.view("<u8").astype(np.uint64)
+        img = cls(name=header.get("name", "rom"))
+        for e in header.get("entries", []):
+            try:
+                kind, nm = e["kind"], e["name"]
+                if kind not in KINDS:
+                    raise RomImageError(
+                        f"entry {nm} kind", kind, f"supported: {', '.join(KINDS)}", source=src
+                    )
+                w0, nw, m0, nm_ = e["words_offset"], e["n_words"], e["meta_offset"], e["n_meta"]
+            except KeyError as k:
+                raise RomImageError("entry", e, f"missing key {k}", source=src) from None
+            if max(w0 + nw, m0 + nm_) > words.size:
+                raise RomImageError(
+                    f"entry {nm}",
+                    f"words up to {max(w0 + nw, m0 + nm_)}",
+                    f"file holds only {words.size} words (truncated)",
+                    source=src,
+                )
+            try:
+                qt = QTensor.from_words(
+                    kind,
+                    e["bits"],
+                    e["group_size"],
+                    e["n"],
+                    e["k"],
+                    words[w0 : w0 + nw],
+                    words[m0 : m0 + nm_],
+                )
+            except ValueError as err:
+                raise RomImageError(f"entry {nm}", e.get("n_words"), str(err), source=src) from None
+            expect = e["n"] * bp.n_groups(e["k"], e["group_size"]) * qt.group_bytes // 8
+            if nw != expect:
+                raise RomImageError(f"entry {nm} n_words", nw, f"expected {expect}", source=src)
+            img.add(nm, qt)
+        return img
+
+
+def cell_slices(qt: QTensor, words_per_cell: int) -> Iterable[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` word ranges of at most ``words_per_cell`` words each, never
+    splitting a group. This row-major fill is the stand-in cell assignment until
+    ``romsim.mapping`` exists; the word stream itself does not depend on the assignment."""
+    gw = qt.group_bytes // 8
+    per = max(1, words_per_cell // gw) * gw
+    total = int(qt.words.size)
+    return [(a, min(a + per, total)) for a in range(0, total, per)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-fused-cell images (romsim.mapping's assignment)
+
+
+def _meta_fields(qt: QTensor) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(fp16 scales, zero fields or None, zero_bits) of every group, row-major."""
+    count = qt.n * qt.n_groups
+    if qt.kind == "q4_1":
+        zb = 16
+    elif qt.kind == "affine":
+        zb = qt.bits
+    else:
+        zb = 0
+    s, z = bp.unpack_meta(qt.meta, count, zb)
+    return s, (z if zb else None), zb
+
+
+def cell_image(img: RomImage, mapping, cell: int) -> np.ndarray:
+    """The ROM words of one fused cell, as :mod:`romsim.mapping` lays them out: for every matrix
+    in execution order, the cell's run of groups ``[start, stop)`` (each group's code words,
+    word-aligned), then the metadata of those groups packed from the first field of a fresh
+    word. ``img`` must hold every matrix the mapping names, in the mapping's format."""
+    parts: list[np.ndarray] = []
+    for mt, start, stop, _row in mapping.cell_layout(cell):
+        qt = img[mt.name]
+        if (qt.kind, qt.bits) != (mt.fmt.kind, mt.fmt.bits):
+            raise RomImageError(
+                f"matrix {mt.name} format",
+                f"{qt.kind}/{qt.bits} bit",
+                f"the mapping expects {mt.fmt.kind}/{mt.fmt.bits} bit",
+            )
+        if (qt.n, qt.k, qt.group_size) != (mt.rows, mt.cols, mt.fmt.group_size):
+            raise RomImageError(
+                f"matrix {mt.name}",
+                (qt.n, qt.k, qt.group_size),
+                f"does not match the mapping ({mt.rows}, {mt.cols}, {mt.fmt.group_size})",
+            )
+        gw = qt.group_bytes // 8
+        parts.append(qt.words[start * gw : stop * gw])
+        s, z, zb = _meta_fields(qt)
+        if stop > start:
+            parts.append(bp.pack_meta(s[start:stop], None if z is None else z[start:stop], zb))
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def image_from_cells(cells: list[np.ndarray], mapping, template: RomImage) -> RomImage:
+    """Read per-cell words back into whole matrices (inverse of :func:`cell_image` over all
+    cells). ``template`` supplies each matrix's kind/bits (the mapping's format)."""
+    pieces: dict[str, list] = {m.name: [] for m in mapping.matrices}
+    for c, words in enumerate(cells):
+        pos = 0
+        for mt, start, stop, _row in mapping.cell_layout(c):
+            t = template[mt.name]
+            gw = t.group_bytes // 8
+            n = stop - start
+            code = words[pos : pos + n * gw]
+            pos += n * gw
+            _, _, zb = _meta_fields(t)
+            nmeta = -(-n // (64 // (16 + zb))) if n else 0
+            meta = words[pos : pos + nmeta]
+            pos += nmeta
+            s, z = bp.unpack_meta(meta, n, zb) if n else (np.zeros(0, np.float16), np.zeros(0))
+            pieces[mt.name].append((start, code, s, z))
+    out = RomImage(name=template.name)
+    for mt in mapping.matrices:
+        t = template[mt.name]
+        runs = sorted(pieces[mt.name], key=lambda r: r[0])
+        code = np.concatenate([r[1] for r in runs])
+        s = np.concatenate([r[2] for r in runs])
+        z = np.concatenate([r[3] for r in runs])
+        _, _, zb = _meta_fields(t)
+        meta = bp.pack_meta(s, z if zb else None, zb)
+        out.add(mt.name, QTensor.from_words(t.kind, t.bits, t.group_size, t.n, t.k, code, meta))
+    return out

@@ -1,0 +1,236 @@
+"""``romsim rtl build`` and ``romsim rtl synth``: Verilog of a fused cell holding a real tile, and
+Yosys area of the cell's compute.
+
+Wiring: ``romsim.cli`` calls :func:`add_parser` with its subparsers object; ``args.func`` runs the
+chosen subcommand. Amaranth is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from romsim.errors import RomsimInputError
+
+STYLES = ("fused", "conventional")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "rtl",
+        help="fused-cell RTL: Verilog of a real tile, Yosys area",
+        description="Generate the Amaranth fused cell (B-ROM + compute) for a tile of a real ROM "
+        "image, or synthesize its compute with Yosys for the area model.",
+    )
+    sub = p.add_subparsers(dest="rtl_cmd", required=True)
+
+    b = sub.add_parser("build", help="write Verilog of a cell (or row-block) holding a real tile")
+    b.add_argument(
+        "--tile",
+        default="smollm2-135m:0:q:5",
+        help="MODEL:LAYER:MATRIX:CELL (default: %(default)s); MATRIX one of q k v o gate up down",
+    )
+    b.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8), help="weight code bits")
+    b.add_argument("--group-size", type=int, default=128)
+    b.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="ROM rows (words) of the cell; 0 = exactly the tile's words (default)",
+    )
+    b.add_argument(
+        "--cols",
+        type=int,
+        default=64,
+        help="ROM columns = bits per word = read width per cycle (sets the chip's rom.word_bits; "
+        "the MAC array takes one word per cycle)",
+    )
+    b.add_argument("--act-bits", type=int, default=8, help="activation mantissa bits")
+    b.add_argument("--acc-bits", type=int, default=32, help="group accumulator / output bits")
+    b.add_argument("--mesh", default="3x4", help="chip mesh ROWSxCOLS with one vector row")
+    b.add_argument("--cells-per-unit", type=int, default=8)
+    b.add_argument(
+        "--cells", type=int, default=1, help="row-block of this many consecutive cells (default 1)"
+    )
+    b.add_argument("--style", choices=STYLES, default="fused")
+    b.add_argument("--max-tokens", type=int, default=1, help="activation vectors per start")
+    b.add_argument("--out", default="build/rtl", help="build folder (default: %(default)s)")
+    b.add_argument("--force", action="store_true", help="regenerate even if cached")
+    b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("synth", help="Yosys 0.23 synth + stat of the cell compute: NAND2-eq, um2")
+    s.add_argument("--bits", type=int, choices=(2, 3, 4, 8), help="one bit width")
+    s.add_argument("--all", action="store_true", help="bits 2, 3, 4, 8, both styles")
+    s.add_argument("--style", choices=(*STYLES, "both"), default="both")
+    s.add_argument("--word-bits", type=int, default=64)
+    s.add_argument("--act-bits", type=int, default=8)
+    s.add_argument("--acc-bits", type=int, default=32)
+    s.add_argument(
+        "--write-calibration",
+        action="store_true",
+        help="write romsim/area/synth_calibration.json (needs --all)",
+    )
+    s.add_argument("--markdown", action="store_true", help="print the docs table")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_synth)
+    return p
+
+
+def _mesh(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise RomsimInputError("mesh", text, "must be ROWSxCOLS, e.g. 3x4") from None
+    return r, c
+
+
+def build_tiles(args):
+    from romsim.rtl.tile import make_tile, parse_tile, small_chip
+
+    model, layer, matrix, cell = parse_tile(args.tile)
+    r, c = _mesh(args.mesh)
+    if args.act_bits != 8:
+        raise RomsimInputError(
+            "act-bits", args.act_bits, "the kernels' golden path and the tiles use int8 (8)"
+        )
+    chip = small_chip(
+        args.bits,
+        args.group_size,
+        mesh={"rows": r, "cols": c, "vector_rows": 1},
+        cell={
+            "cells_per_unit": args.cells_per_unit,
+            "act_bits": args.act_bits,
+            "acc_bits": args.acc_bits,
+        },
+        rom={"word_bits": args.cols},
+    )
+    if (args.group_size * args.bits) % args.cols:
+        raise RomsimInputError(
+            "cols", args.cols, f"group_size*bits ({args.group_size * args.bits}) must be a multiple"
+        )
+    return [
+        make_tile(
+            model, layer, matrix, cell + i, bits=args.bits, group_size=args.group_size, chip=chip
+        )
+        for i in range(args.cells)
+    ]
+
+
+def cmd_build(args) -> int:
+    from romsim.rtl.emit import emit_rowblock
+
+    tiles = build_tiles(args)
+    try:
+        params = [
+            t.params(acc_bits=args.acc_bits, act_bits=args.act_bits, depth=args.rows) for t in tiles
+        ]
+    except ValueError as e:
+        raise RomsimInputError("rtl build", args.tile, str(e)) from None
+    b = emit_rowblock(
+        params,
+        [t.words for t in tiles],
+        style=args.style,
+        max_tokens=args.max_tokens,
+        build_dir=args.out,
+        force=args.force,
+        meta={
+            "tiles": [t.spec for t in tiles],
+            "source": tiles[0].source,
+            "perf_cycles_per_token": [t.perf_cycles() for t in tiles],
+        },
+    )
+    t0 = tiles[0]
+    print(f"verilog: {b.verilog}")
+    print(
+        f"top: {b.top}  style: {args.style}  cells: {len(tiles)}  "
+        f"{'(cached)' if b.cached else f'generated in {b.gen_seconds:.2f} s'}"
+    )
+    print(f"weights: {t0.source}")
+    for t, p in zip(tiles, params, strict=True):
+        print(
+            f"  {t.spec}: groups [{t.start}, {t.stop}) of {t.mt.name} ({t.mt.rows}x{t.mt.cols}), "
+            f"{p.rom_rows} ROM words, {p.lanes} MAC lanes, perf model "
+            f"{t.perf_cycles()} cycles/token"
+        )
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from romsim.rtl import synth
+
+    if args.all:
+        bits_list, styles = [2, 3, 4, 8], list(STYLES)
+    elif args.bits is None:
+        raise RomsimInputError("bits", None, "give --bits B or --all")
+    else:
+        bits_list = [args.bits]
+        styles = list(STYLES) if args.style == "both" else [args.style]
+    if args.write_calibration and not (
+        args.all and args.word_bits == 64 and args.act_bits == 8 and args.acc_bits == 32
+    ):
+        raise RomsimInputError(
+            "write-calibration", True, "needs --all with the default word/act/acc widths"
+        )
+    results = []
+    for bits in bits_list:
+        try:
+            p = synth.synth_params(
+                bits, word_bits=args.word_bits, act_bits=args.act_bits, acc_bits=args.acc_bits
+            )
+        except ValueError as e:
+            raise RomsimInputError("rtl synth", bits, str(e)) from None
+        for style in styles:
+            r = synth.synth_core(p, style)
+            results.append(r)
+            if not args.json and not args.markdown:
+                _print_result(r)
+    cal = synth.calibration(results)
+    if args.write_calibration:
+        path = synth.write_calibration(cal)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(cal, indent=1))
+    if args.markdown:
+        print(markdown_table(cal))
+    return 0
+
+
+def _print_result(r) -> None:
+    from romsim.area.tech import NAND2_UM2
+
+    print(f"w{r.bits} {r.style}: yosys {r.yosys_version}, {r.seconds:.1f} s")
+    for cell, n in sorted(r.cells.items()):
+        print(f"  {cell:18s} {n:7d}")
+    print(f"  {'total cells':18s} {sum(r.cells.values()):7d}")
+    print(
+        f"  NAND2-eq {r.nand2_eq:10.1f}   area {r.um2:8.1f} um2 "
+        f"(x NAND2 {NAND2_UM2} um2, before placement utilisation)"
+    )
+
+
+def markdown_table(cal: dict) -> str:
+    from romsim.area.tech import LOGIC_UTILISATION
+    from romsim.rtl.synth import area_table
+
+    lines = [
+        "| bits | fused NAND2-eq | fused flops | conv. NAND2-eq | conv. flops | conv./fused "
+        "compute | B-ROM fused cell um2 | ROM + MAC cell um2 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in area_table(cal):
+        f, c = row.get("fused"), row.get("conventional")
+        if not (f and c):
+            continue
+        lines.append(
+            f"| {row['bits']} | {f['nand2_eq']:,.0f} | {f['flops']} | {c['nand2_eq']:,.0f} | "
+            f"{c['flops']} | {c['nand2_eq'] / f['nand2_eq']:.2f} | {f['cell_um2']:,.0f} | "
+            f"{c['cell_um2']:,.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Compute um2 = NAND2-eq x NAND2_UM2 / LOGIC_UTILISATION ({LOGIC_UTILISATION}); ROM array "
+        "um2 from romsim.area (roma-3b-w4 cell: 9728 x 64 bits); fused cell = max(B-ROM, "
+        "compute) (compute under the array), conventional = ROM + compute."
+    )
+    return "\n".join(lines)
