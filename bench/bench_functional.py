@@ -25,7 +25,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench_functional.json"))
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="1: torch and romsim on one thread, timed in process CPU time",
+    )
     a = ap.parse_args(argv)
+    clock = time.process_time if a.threads == 1 else time.perf_counter
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numba
     import torch
@@ -45,36 +52,56 @@ def main(argv=None) -> int:
     ids256 = tok.encode(AGREEMENT_TEXT.read_text())[:256]
     prompt = tok.encode(PROMPT)
     ref_model = build_torch_reference(g)
-    torch_greedy(ref_model, prompt, 2)  # warm-up
-    t0 = time.perf_counter()
-    ref_ids = torch_greedy(ref_model, prompt, a.new_tokens)
-    t_ref = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref_logits = torch_logits(ref_model, ids256)
-    t_ref_prefill = time.perf_counter() - t0
-    rows = [
-        {
-            "impl": "torch_reference_fp32",
-            "decode_tokens_per_s": a.new_tokens / t_ref,
-            "prefill_256_s": t_ref_prefill,
-            "text": tok.decode(ref_ids),
-        }
-    ]
+    if a.threads == 1:
+        import romsim.kernels.qmatmul as qm
+
+        numba.set_num_threads(1)
+        qm.PARALLEL_MIN_WORK = 1 << 62
+    rows = []
+    ref_ids = None
+    ref_logits = None
+    for threads in (1,) if a.threads == 1 else (None, 1):
+        torch_greedy(ref_model, prompt, 2, threads=threads)  # warm-up
+        t0 = clock()
+        ids_t = torch_greedy(ref_model, prompt, a.new_tokens, threads=threads)
+        t_ref = clock() - t0
+        t0 = clock()
+        lg_t = torch_logits(ref_model, ids256, threads=threads)
+        t_ref_prefill = clock() - t0
+        ref_ids = ref_ids or ids_t
+        ref_logits = lg_t if ref_logits is None else ref_logits
+        nthr = torch.get_num_threads() if threads is None else threads
+        rows.append(
+            {
+                "impl": f"torch_reference_fp32_{nthr}threads",
+                "decode_tokens_per_s": a.new_tokens / t_ref,
+                "prefill_256_s": t_ref_prefill,
+                "text": tok.decode(ids_t),
+            }
+        )
     configs = [("int", "bfp8", 8), ("int", "fp32", 8), ("float", "fp32", 8), ("int", "fp32", 12)]
     for path, kv, ab in configs:
         fm = FunctionalModel.from_gguf(
             g, datapath=path, kv_format=kv, act_bits=ab, sram_bytes=64 << 20, max_tokens=300
         )
         fm.generate(prompt, 2)  # warm-up / JIT
-        out, tm = fm.generate(prompt, a.new_tokens)
         fm.reset()
-        t0 = time.perf_counter()
+        t0 = clock()
+        logits = fm.forward(prompt)
+        out = []
+        for step in range(a.new_tokens):  # greedy, as torch_greedy (prefill is tiny)
+            out.append(int(np.argmax(logits)))
+            if step + 1 < a.new_tokens:
+                logits = fm.forward([out[-1]])
+        t_dec = clock() - t0
+        fm.reset()
+        t0 = clock()
         lg = fm.forward(ids256, all_logits=True)
-        t_pf = time.perf_counter() - t0
+        t_pf = clock() - t0
         rows.append(
             {
                 "impl": f"romsim_{path}_kv{kv}_act{ab}",
-                "decode_tokens_per_s": tm["decode_tokens_per_s"],
+                "decode_tokens_per_s": a.new_tokens / t_dec,
                 "prefill_256_s": t_pf,
                 "top1_agreement_256": float((lg.argmax(1) == ref_logits.argmax(1)).mean()),
                 "max_abs_dlogit_256": float(np.abs(lg - ref_logits).max()),
@@ -96,7 +123,9 @@ def main(argv=None) -> int:
             "numba_threads": numba.get_num_threads(),
             "torch_threads": torch.get_num_threads(),
         },
-        "note": "all timings from one run on this host",
+        "note": "all timings from one run on this host; decode tokens/s = new tokens / time of "
+        "(5-token prompt prefill + decode), same definition for torch and romsim",
+        "clock": "process_time, 1 thread" if a.threads == 1 else "wall (perf_counter)",
         "rows": rows,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ A weight tensor is a :class:`QTensor`; layouts are documented in :mod:`romsim.ke
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -234,7 +236,20 @@ def _decode_group(by, base, layout, bits, G, q):
             q[4 * j + 1] = (v >> 2) & 3
             q[4 * j + 2] = (v >> 4) & 3
             q[4 * j + 3] = v >> 6
-    else:  # generic (3-bit): codes may straddle bytes and 64-bit words
+    elif bits == 3:  # 8 codes in every 3 bytes (G is a multiple of 8; groups start aligned)
+        for t in range(G // 8):
+            b = base + 3 * t
+            v = np.int32(by[b]) | (np.int32(by[b + 1]) << 8) | (np.int32(by[b + 2]) << 16)
+            i = 8 * t
+            q[i] = v & 7
+            q[i + 1] = (v >> 3) & 7
+            q[i + 2] = (v >> 6) & 7
+            q[i + 3] = (v >> 9) & 7
+            q[i + 4] = (v >> 12) & 7
+            q[i + 5] = (v >> 15) & 7
+            q[i + 6] = (v >> 18) & 7
+            q[i + 7] = (v >> 21) & 7
+    else:  # generic: codes may straddle bytes and 64-bit words
         mask = (1 << bits) - 1
         for i in range(G):
             p = i * bits
@@ -362,6 +377,38 @@ def _qmv_q4_int(by, hb, scale, zero, minimum, has_min, a, S, P2, out):
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
+def _qmv_q8_float(sby, G, scale, x, out):
+    # Q8_0 / 8-bit symmetric-signed codes read through an int8 view of the ROM words
+    N, ng = scale.shape
+    for n in nb.prange(N):
+        acc = np.float32(0.0)
+        for g in range(ng):
+            bb = sby[(n * ng + g) * G : (n * ng + g) * G + G]
+            xa = x[g * G : g * G + G]
+            t = np.float32(0.0)
+            for j in range(G):
+                t += np.float32(bb[j]) * xa[j]
+            acc += scale[n, g] * t
+        out[n] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def _qmv_q8_int(sby, G, scale, a, P2, out):
+    N, ng = scale.shape
+    for n in nb.prange(N):
+        acc = np.float32(0.0)
+        for g in range(ng):
+            bb = sby[(n * ng + g) * G : (n * ng + g) * G + G]
+            xa = a[g * G : g * G + G]
+            d = np.int32(0)
+            for j in range(G):
+                d += np.int32(bb[j]) * np.int32(xa[j])
+            p = np.float32(d) * scale[n, g]  # z = 0: fp32(D - 0*S) * d
+            acc += p * P2[g]
+        out[n] = acc
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
 def _qmv_s4_float(by, G, gbytes, scale, zero, x, xs, out):
     # x holds, per group, the even-indexed then the odd-indexed activations (_evens_odds)
     N, ng = scale.shape
@@ -400,6 +447,45 @@ def _qmv_s4_int(by, G, gbytes, scale, zero, a, S, P2, out):
             p = np.float32(d - zero[n, g] * S[g]) * scale[n, g]
             acc += p * P2[g]
         out[n] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def _decode_codes_f32(by, layout, bits, G, gbytes, n0, n1, ng, out):
+    """Codes of rows ``n0 .. n1-1`` as exact fp32 integers, ``out[n1-n0, ng*G]``."""
+    for r in nb.prange(n1 - n0):
+        q = np.empty(G, np.int32)
+        for g in range(ng):
+            _decode_group(by, ((n0 + r) * ng + g) * gbytes, layout, bits, G, q)
+            for i in range(G):
+                out[r, g * G + i] = q[i]
+
+
+@nb.njit(parallel=True, cache=True)
+def _combine_blas(D, n0, scale_t, zero_t, min_t, has_min, S, P2, out):
+    """combine_int's fp32 order over exact-integer D ``[ng, M, n]`` (no fastmath): for every
+    output, groups are added in increasing order, starting from 0. Metadata arrays are the
+    chunk's ``[ng, n]`` transposes."""
+    ng, M, n = D.shape
+    for m in nb.prange(M):
+        acc = np.zeros(n, np.float32)
+        for g in range(ng):
+            e2 = P2[m, g]
+            sm = S[m, g]
+            smf = np.float32(sm)
+            dg = D[g, m]
+            sg = scale_t[g]
+            if has_min:
+                mg = min_t[g]
+                for j in range(n):
+                    p = dg[j] * sg[j]
+                    p = p + smf * mg[j]
+                    acc[j] += p * e2
+            else:
+                zg = zero_t[g]
+                for j in range(n):
+                    p = np.float32(np.int32(dg[j]) - zg[j] * sm) * sg[j]
+                    acc[j] += p * e2
+        out[m, n0 : n0 + n] = acc
 
 
 @nb.njit(parallel=True, cache=True)
@@ -543,9 +629,16 @@ def qmatmul(
     x2, vec = _as_2d_padded(x, qt.k, qt.k_padded)
     out = np.empty((x2.shape[0], qt.n), np.float32)
     set_threads_for(x2.shape[0] * qt.n * qt.k_padded)
+    if x2.shape[0] >= BLAS_MIN_M and path in ("float", "int"):
+        if path == "int" and act is None:
+            act = quantize_act(x2, qt.k_padded, qt.group_size, act_bits)
+        out = _qmm_blas(qt, x2, path, act)
+        return out[0] if vec else out
     if path == "float":
         fast = x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8
-        if fast:
+        if x2.shape[0] == 1 and qt.layout == LAYOUT_Q8:
+            _qmv_q8_float(qt.code_bytes().view(np.int8), 32, _meta_args(qt)[5], x2[0], out[0])
+        elif fast:
             xs = x2[0].reshape(-1, qt.group_size).sum(axis=1, dtype=np.float32)
             if qt.layout == LAYOUT_Q4:
                 _qmv_q4_float(qt.code_bytes(), 16, *_meta_args(qt)[5:9], x2[0], xs, out[0])
@@ -565,7 +658,9 @@ def qmatmul(
         a, s, p2 = (
             act if act is not None else quantize_act(x2, qt.k_padded, qt.group_size, act_bits)
         )
-        if x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8 and act_bits <= 8:
+        if x2.shape[0] == 1 and qt.layout == LAYOUT_Q8 and act_bits <= 8:
+            _qmv_q8_int(qt.code_bytes().view(np.int8), 32, _meta_args(qt)[5], a[0], p2[0], out[0])
+        elif x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8 and act_bits <= 8:
             if qt.layout == LAYOUT_Q4:
                 _qmv_q4_int(qt.code_bytes(), 16, *_meta_args(qt)[5:9], a[0], s[0], p2[0], out[0])
             else:
@@ -584,6 +679,98 @@ def qmatmul(
     else:
         raise ValueError(f"path must be 'float' or 'int', got {path!r}")
     return out[0] if vec else out
+
+
+# Large-M (prefill) path: codes decoded once per call, the dots done by BLAS (numpy matmul).
+# Int path: codes and mantissas are integers held exactly in fp32, every product and partial sum
+# of a group is an integer below 2**23 (docs/kernels.md), so fp32 BLAS returns the exact integer
+# D in any summation order; the dequantization then follows combine_int's fp32 order exactly.
+BLAS_MIN_M = 16
+_BLAS_CHUNK_FLOATS = 1 << 24
+
+
+@functools.lru_cache(maxsize=1)
+def _openblas_threads_api():
+    """(get, set) of numpy's bundled OpenBLAS thread count, or None (then nothing is changed).
+    The prefill path issues hundreds to thousands of small GEMMs; OpenBLAS threads waking for
+    each one cost more than they save, and tens of seconds per prefill when the cores are shared
+    with other processes, so these calls run single-threaded."""
+    import ctypes
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(root, "libscipy_openblas*.so"))):
+        try:
+            lib = ctypes.CDLL(path)
+            get = lib.scipy_openblas_get_num_threads64_
+            put = lib.scipy_openblas_set_num_threads64_
+        except (OSError, AttributeError):
+            continue
+        get.restype = ctypes.c_int
+        put.argtypes = [ctypes.c_int]
+        return get, put
+    return None
+
+
+@contextlib.contextmanager
+def _single_thread_blas():
+    api = _openblas_threads_api()
+    if api is None:
+        yield
+        return
+    get, put = api
+    old = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(old)
+
+
+def _blas_rows(qt: QTensor, m: int) -> int:
+    return max(1, min(qt.n, _BLAS_CHUNK_FLOATS // max(1, m * qt.n_groups)))
+
+
+def _qmm_blas(qt: QTensor, x2: np.ndarray, path: str, act) -> np.ndarray:
+    M, G, ng = x2.shape[0], qt.group_size, qt.n_groups
+    out = np.empty((M, qt.n), np.float32)
+    by, layout, bits, _, gbytes = _meta_args(qt)[:5]
+    if path == "int":
+        a, S, p2 = act
+        ag = np.ascontiguousarray(a.reshape(M, ng, G).transpose(1, 0, 2), dtype=np.float32)
+    step = _blas_rows(qt, M)
+    for n0 in range(0, qt.n, step):
+        n1 = min(qt.n, n0 + step)
+        codes = np.empty((n1 - n0, ng * G), np.float32)
+        set_threads_for((n1 - n0) * ng * G * 4)
+        _decode_codes_f32(by, layout, bits, G, gbytes, n0, n1, ng, codes)
+        sc = qt.scale[n0:n1].astype(np.float32)
+        if path == "float":
+            if qt.has_min:
+                w = codes.reshape(n1 - n0, ng, G) * sc[:, :, None] + qt.minimum[n0:n1, :, None]
+            else:
+                zz = qt.zero[n0:n1].astype(np.float32)[:, :, None]
+                w = (codes.reshape(n1 - n0, ng, G) - zz) * sc[:, :, None]
+            with _single_thread_blas():
+                out[:, n0:n1] = x2 @ w.reshape(n1 - n0, ng * G).T
+            continue
+        qg = np.ascontiguousarray(codes.reshape(n1 - n0, ng, G).transpose(1, 2, 0))
+        with _single_thread_blas():
+            D = np.matmul(ag, qg)  # [ng, M, n] exact integers in fp32
+        set_threads_for(D.size * 4)
+        _combine_blas(
+            D,
+            n0,
+            np.ascontiguousarray(sc.T),
+            np.ascontiguousarray(qt.zero[n0:n1].T, dtype=np.int32),
+            np.ascontiguousarray(qt.minimum[n0:n1].T, dtype=np.float32),
+            qt.has_min,
+            S,
+            p2,
+            out,
+        )
+    return out
 
 
 def dequantize(qt: QTensor, rows: np.ndarray | None = None) -> np.ndarray:

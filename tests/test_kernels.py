@@ -288,9 +288,9 @@ def test_lora_and_sampling():
 
 
 @pytest.mark.parametrize("g", [8, 16, 32, 128])
-@pytest.mark.parametrize("kind", ["affine", "q4_0", "q4_1"])
+@pytest.mark.parametrize("kind", ["affine", "q4_0", "q4_1", "q8_0"])
 def test_gemv_fast_path_equals_gemm_path(g, kind):
-    """M = 1 uses fused 4-bit GEMV kernels; they must equal the GEMM kernels (int: bit-exact)."""
+    """M = 1 uses fused 4-bit and Q8_0 GEMV kernels; they must equal the GEMM kernels (int: bit-exact)."""
     rng = np.random.default_rng(g)
     n, k = 13, (96 if kind != "affine" else 9 * g + 5)
     if kind == "affine":
@@ -302,3 +302,39 @@ def test_gemv_fast_path_equals_gemm_path(g, kind):
     both_f = qmatmul(qt, np.vstack([x[:1], x[:1]]), "float")
     assert np.array_equal(qmatmul(qt, x[0], "int"), both_i[0])
     assert np.allclose(qmatmul(qt, x[0], "float"), both_f[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kind,bits,g",
+    [
+        ("affine", 4, 64),
+        ("affine", 3, 32),
+        ("affine", 2, 128),
+        ("affine", 8, 16),
+        ("q4_0", 4, 32),
+        ("q4_1", 4, 32),
+        ("q8_0", 8, 32),
+    ],
+)
+def test_large_m_blas_path_bit_exact(kind, bits, g):
+    """M >= BLAS_MIN_M runs the dots in fp32 BLAS; integer D stays exact, so the int path
+    still equals the golden model bit for bit."""
+    from romsim.kernels.qmatmul import BLAS_MIN_M
+
+    rng = np.random.default_rng(bits * g)
+    n, k = 37, 160
+    if kind == "affine":
+        qt = QTensor.quantize(_rand(rng, n, k + 3), bits, g)
+        k = k + 3
+    else:
+        qt = QTensor.from_gguf(_random_gguf(rng, kind, n, k), kind, n, k)
+    m = BLAS_MIN_M + 3
+    x = _rand(rng, m, k) * np.float32(50.0)
+    xp = np.zeros((m, qt.k_padded), np.float32)
+    xp[:, :k] = x
+    a, e = quantize_act_bfp(xp, qt.group_size)
+    D, S = int_group_dots(qt, a)
+    assert np.array_equal(qmatmul(qt, x, "int"), combine_int(qt, D, S, e))
+    ref = _torch_ref(dequantize(qt), x)
+    tol = 1e-4 * (np.abs(x) @ np.abs(dequantize(qt)).T) + 1e-4
+    assert np.all(np.abs(qmatmul(qt, x, "float") - ref) <= tol)

@@ -104,20 +104,40 @@ def build_torch_reference(gguf, lora_dir: str | None = None):
     return model
 
 
-def torch_logits(model, ids) -> np.ndarray:
+class _torch_threads:
+    """Run torch with ``n`` intra-op threads inside the block (None: leave as is). The tests
+    use one thread: small-batch decode gains little from more and loses a lot on shared cores."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.old = torch.get_num_threads()
+        if self.n is not None:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.old)
+
+
+def torch_logits(model, ids, threads: int | None = 1) -> np.ndarray:
     import torch
 
-    with torch.inference_mode():
+    with _torch_threads(threads), torch.inference_mode():
         out = model(torch.tensor([list(ids)], dtype=torch.long))
     return out.logits[0].float().numpy()
 
 
-def torch_greedy(model, ids, n_new: int) -> list[int]:
+def torch_greedy(model, ids, n_new: int, threads: int | None = 1) -> list[int]:
     """Greedy decode with the model's KV cache; no EOS stop (every step takes the argmax)."""
     import torch
 
     out: list[int] = []
-    with torch.inference_mode():
+    with _torch_threads(threads), torch.inference_mode():
         res = model(torch.tensor([list(ids)], dtype=torch.long), use_cache=True)
         for _ in range(n_new):
             tok = int(res.logits[0, -1].argmax())
