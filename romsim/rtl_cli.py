@@ -55,6 +55,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     b.add_argument("--style", choices=STYLES, default="fused")
     b.add_argument("--max-tokens", type=int, default=1, help="activation vectors per start")
+    b.add_argument(
+        "--row-sums",
+        action="store_true",
+        help="add the unit's fp32 row reduction over the (consecutive) cells (with --cells N)",
+    )
     b.add_argument("--out", default="build/rtl", help="build folder (default: %(default)s)")
     b.add_argument("--force", action="store_true", help="regenerate even if cached")
     b.set_defaults(func=cmd_build)
@@ -127,19 +132,23 @@ def cmd_build(args) -> int:
         ]
     except ValueError as e:
         raise RomsimInputError("rtl build", args.tile, str(e)) from None
-    b = emit_rowblock(
-        params,
-        [t.words for t in tiles],
-        style=args.style,
-        max_tokens=args.max_tokens,
-        build_dir=args.out,
-        force=args.force,
-        meta={
-            "tiles": [t.spec for t in tiles],
-            "source": tiles[0].source,
-            "perf_cycles_per_token": [t.perf_cycles() for t in tiles],
-        },
-    )
+    try:
+        b = emit_rowblock(
+            params,
+            [t.words for t in tiles],
+            style=args.style,
+            max_tokens=args.max_tokens,
+            row_sums=args.row_sums,
+            build_dir=args.out,
+            force=args.force,
+            meta={
+                "tiles": [t.spec for t in tiles],
+                "source": tiles[0].source,
+                "perf_cycles_per_token": [t.perf_cycles() for t in tiles],
+            },
+        )
+    except ValueError as e:  # e.g. --row-sums over cells that are not one row-block
+        raise RomsimInputError("rtl build", args.tile, str(e)) from None
     t0 = tiles[0]
     print(f"verilog: {b.verilog}")
     print(

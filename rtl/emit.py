@@ -35,9 +35,11 @@ class BuildInfo:
         return self.verilog.parent
 
 
-def _key(params: list[CellParams], words: list[np.ndarray], style: str, max_tokens: int) -> str:
+def _key(
+    params: list[CellParams], words: list[np.ndarray], style: str, max_tokens: int, row_sums: bool
+) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([p.label() for p in params] + [style, max_tokens, 2]).encode())
+    h.update(json.dumps([p.label() for p in params] + [style, max_tokens, row_sums, 3]).encode())
     for w in words:
         h.update(np.ascontiguousarray(w, np.uint64).tobytes())
     return h.hexdigest()[:16]
@@ -49,6 +51,7 @@ def emit_rowblock(
     *,
     style: str = "fused",
     max_tokens: int = 1,
+    row_sums: bool = False,
     build_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
     force: bool = False,
@@ -61,8 +64,9 @@ def emit_rowblock(
     from .cell import FusedCell, RowBlock
 
     root = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
-    key = _key(params, words, style, max_tokens)
-    out = root / f"{style}_{params[0].label()}_x{len(params)}_{key}"
+    key = _key(params, words, style, max_tokens, row_sums)
+    rs = "_rows" if row_sums else ""
+    out = root / f"{style}_{params[0].label()}_x{len(params)}{rs}_{key}"
     vpath = out / f"{TOP_NAME}.v"
     jpath = out / "build.json"
     if vpath.is_file() and jpath.is_file() and not force:
@@ -79,7 +83,7 @@ def emit_rowblock(
         )
     t0 = time.perf_counter()
     cells = [FusedCell(p, w, style=style) for p, w in zip(params, words, strict=True)]
-    top = RowBlock(cells, max_tokens=max_tokens)
+    top = RowBlock(cells, max_tokens=max_tokens, row_sums=row_sums)
     text = verilog.convert(top, name=TOP_NAME, emit_src=False)
     gen_s = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,8 @@ def emit_rowblock(
         "top": TOP_NAME,
         "style": style,
         "max_tokens": max_tokens,
+        "row_sums": row_sums,
+        "n_rows": getattr(top, "n_rows", None),
         "gen_seconds": gen_s,
         "verilog_bytes": len(text),
         "verilog_lines": text.count("\n"),
@@ -101,6 +107,39 @@ def emit_rowblock(
         c.pop("_derived", None)
     jpath.write_text(json.dumps(info, indent=1))
     return BuildInfo(vpath, TOP_NAME, params, style, max_tokens, gen_s, False, meta or {})
+
+
+def emit_multicell(
+    tiles: list[CellParams],
+    words: np.ndarray,
+    *,
+    build_dir: str | os.PathLike | None = None,
+    meta: dict | None = None,
+) -> BuildInfo:
+    """Verilog of a RowBlock around one cell holding several matrices (``tiles`` in ROM order,
+    ``words`` its whole image) with a ``sel`` input; cached like :func:`emit_rowblock`."""
+    from amaranth.back import verilog
+
+    from .cell import FusedCell, RowBlock, envelope_params
+
+    env = envelope_params(tiles)
+    root = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
+    key = _key(tiles, [words], "multi", 1, False)
+    out = root / f"multi_{env.label()}_m{len(tiles)}_{key}"
+    vpath = out / f"{TOP_NAME}.v"
+    if not vpath.is_file():
+        t0 = time.perf_counter()
+        top = RowBlock([FusedCell(env, words, tiles=tiles)], max_tokens=1)
+        text = verilog.convert(top, name=TOP_NAME, emit_src=False)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = vpath.with_suffix(".v.tmp")
+        tmp.write_text(text)
+        tmp.replace(vpath)
+        (out / "build.json").write_text(
+            json.dumps({"gen_seconds": time.perf_counter() - t0, "meta": meta or {}}, indent=1)
+        )
+    gen = json.loads((out / "build.json").read_text())["gen_seconds"]
+    return BuildInfo(vpath, TOP_NAME, [env], "fused", 1, gen, True, meta or {})
 
 
 def emit_core(

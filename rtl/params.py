@@ -24,10 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SCALE_BITS = 16  # fp16 scale field (romsim.quant: scale_bits default)
+EXP_BITS = 9  # activation exponent field (signed) per k-group: the BFP quantizer gives [-155, 121]
 # Cycles from the start cycle to the last partial sum, beyond one cycle per ROM word
 # (romsim.rtl.cell documents the stages); the fused value equals FusedCellConfig's default
 # pipeline_depth_cycles.
 LATENCY_CYCLES = {"fused": 6, "conventional": 8}
+# RowBlock(row_sums=True): cycles from the last fp32 partial to the last row sum presented
+# (per-cell fp32 accumulate, piece register, row register with the split-row add)
+ROW_SUM_CYCLES = 3
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class CellParams:
         need = self.t_bits
         if self.acc_bits < need:
             raise ValueError(f"acc_bits ({self.acc_bits}) < {need} bits needed for the group sums")
+        if need > 25:
+            raise ValueError(
+                f"|T| needs {need} bits: the fp32 dequantizer is exact (as the kernel) only for "
+                "|T| < 2**24 (act_bits <= 8 with 8-bit codes)"
+            )
         if self.depth and self.depth < self.rom_rows:
             raise ValueError(f"depth ({self.depth}) < tile words ({self.rom_rows})")
 
@@ -163,8 +172,9 @@ class CellParams:
 
     @property
     def entry_bits(self) -> int:
-        """Activation-buffer entry: one k-group's beats (words_per_group x lanes x act_bits)."""
-        return self.words_per_group * self.lanes * self.act_bits
+        """Activation-buffer entry: one k-group's beats (words_per_group x lanes x act_bits)
+        and the group's exponent (EXP_BITS, two's complement) above them."""
+        return self.words_per_group * self.lanes * self.act_bits + EXP_BITS
 
     def label(self) -> str:
         return (
@@ -177,10 +187,20 @@ class CellParams:
 # activation buffer entries and output words
 
 
-def act_group_entries(p: CellParams, a: np.ndarray) -> list[int]:
-    """Activation-buffer entries for mantissas ``a[Kp]`` (Kp = ng_row*group_size): one wide int
-    per k-group, beat w at bits ``[w*lanes*A, ...)``, lane j at ``[j*A, (j+1)*A)`` (two's
-    complement), unused lanes zero."""
+def act_group_entries(p: CellParams, a: np.ndarray, e: np.ndarray | None = None) -> list[int]:
+    """Activation-buffer entries for mantissas ``a[Kp]`` (Kp = ng_row*group_size) and group
+    exponents ``e[ng_row]`` (default 0): one wide int per k-group, beat w at bits
+    ``[w*lanes*A, ...)``, lane j at ``[j*A, (j+1)*A)`` (two's complement), unused lanes zero, the
+    exponent at ``[wpg*lanes*A, + EXP_BITS)``."""
+    ents = _act_beats(p, a)
+    ng = len(ents)
+    e = np.zeros(ng, np.int64) if e is None else np.asarray(e, np.int64).reshape(ng)
+    lo = p.words_per_group * p.lanes * p.act_bits
+    mask = (1 << EXP_BITS) - 1
+    return [v | ((int(x) & mask) << lo) for v, x in zip(ents, e.tolist(), strict=True)]
+
+
+def _act_beats(p: CellParams, a: np.ndarray) -> list[int]:
     g, A, L, wpg = p.group_size, p.act_bits, p.lanes, p.words_per_group
     a = np.asarray(a).reshape(-1, g).astype(np.int64)
     beat, lane = p.code_lane_map()
@@ -212,3 +232,8 @@ def split_outputs(p: CellParams, packed: int, count: int) -> tuple[np.ndarray, n
         t[i] = v - (1 << ab) if v >> (ab - 1) else v
         s[i] = w >> ab
     return t, s
+
+
+def split_fp(packed: int, count: int) -> np.ndarray:
+    """Unpack ``count`` captured fp32 words (word i at bits ``[32 i, 32 i + 32)``) as uint32."""
+    return np.array([(packed >> (32 * i)) & 0xFFFFFFFF for i in range(count)], np.uint32)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .emit import BuildInfo
-from .params import LATENCY_CYCLES
+from .params import LATENCY_CYCLES, ROW_SUM_CYCLES
 
 SIMULATORS = ("verilator", "icarus")
 TB_MODULE = "cocotb_rowblock"
@@ -71,21 +71,35 @@ def _runner(sim: str):
     return get_runner(sim)
 
 
+def _verilator_opt() -> str:
+    """C++ optimisation of Verilator models: ``ROMSIM_VERILATOR_OPT`` (e.g. ``-O0``; the tests
+    set it -- a 4-cell model compiles ~3x faster, and a few vectors do not need fast code),
+    default the wheel's own (``-Os``; what the benchmarks measure)."""
+    return os.environ.get("ROMSIM_VERILATOR_OPT", "").strip()
+
+
 def build(sim: str, b: BuildInfo) -> tuple[object, Path, float]:
     """Build (or reuse) the simulator model; returns (runner, build dir, seconds spent)."""
     r = _runner(sim)
-    bdir = b.dir / f"sim_{sim}"
+    opt = _verilator_opt() if sim == "verilator" else ""
+    bdir = b.dir / (f"sim_{sim}" + (f"_{opt.lstrip('-')}" if opt else ""))
     stamp = bdir / "built.ok"
     t0 = time.perf_counter()
     args = VERILATOR_ARGS if sim == "verilator" else []
-    r.build(
-        sources=[b.verilog],
-        hdl_toplevel=b.top,
-        build_dir=bdir,
-        build_args=args,
-        always=not stamp.is_file(),
-        timescale=("1ns", "1ps"),
-    )
+    flags = os.environ.get("MAKEFLAGS", "")
+    if opt:
+        os.environ["MAKEFLAGS"] = f"{flags} OPT_FAST={opt} OPT_SLOW={opt} OPT_GLOBAL={opt}"
+    try:
+        r.build(
+            sources=[b.verilog],
+            hdl_toplevel=b.top,
+            build_dir=bdir,
+            build_args=args,
+            always=not stamp.is_file(),
+            timescale=("1ns", "1ps"),
+        )
+    finally:
+        os.environ["MAKEFLAGS"] = flags
     stamp.write_text("ok")
     return r, bdir, time.perf_counter() - t0
 
@@ -93,23 +107,31 @@ def build(sim: str, b: BuildInfo) -> tuple[object, Path, float]:
 def write_case(
     path: Path,
     b: BuildInfo,
-    acts: list[np.ndarray],
+    acts: np.ndarray,
+    exps: np.ndarray,
     expected_t: list[np.ndarray],
     expected_scale: list[np.ndarray],
+    expected_fp: list[np.ndarray],
     expected_cycles: list[int],
+    rows: np.ndarray | None = None,
 ) -> None:
-    """``acts``: [V, Kp] int mantissas (shared by all cells); per cell ``expected_t`` [V, n]
-    and ``expected_scale`` [n]; ``expected_cycles`` per cell for one token (tokens*R + L form
-    is checked by the testbench from ``rom_rows`` and ``latency``)."""
+    """``acts``: [V, Kp] int mantissas and ``exps`` [V, ng_row] group exponents (shared by all
+    cells); per cell ``expected_t`` [V, n], ``expected_scale`` [n] and ``expected_fp`` [V, n]
+    (fp32 bits); ``rows`` [V, n_rows] fp32 row sums when the build has ``row_sums``;
+    ``expected_cycles`` per cell for one token (the testbench checks ``tokens*R + L``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"acts": np.asarray(acts, np.int64)}
-    for i, (t, s) in enumerate(zip(expected_t, expected_scale, strict=True)):
+    arrays = {"acts": np.asarray(acts, np.int64), "exps": np.asarray(exps, np.int64)}
+    for i, (t, s, f) in enumerate(zip(expected_t, expected_scale, expected_fp, strict=True)):
         arrays[f"t{i}"] = np.asarray(t, np.int64)
         arrays[f"s{i}"] = np.asarray(s, np.uint16)
+        arrays[f"f{i}"] = np.asarray(f, np.uint32)
+    if rows is not None:
+        arrays["rows"] = np.asarray(rows, np.float32).view(np.uint32)
     cfg = {
         "params": [{k: v for k, v in p.__dict__.items() if k != "_derived"} for p in b.params],
         "max_tokens": b.max_tokens,
         "latency": LATENCY_CYCLES[b.style],
+        "row_sum_cycles": ROW_SUM_CYCLES,
         "expected_cycles": expected_cycles,
     }
     arrays["cfg"] = np.frombuffer(json.dumps(cfg).encode(), np.uint8)
@@ -117,7 +139,14 @@ def write_case(
 
 
 def run_case(
-    sim: str, b: BuildInfo, case: Path, result: Path, *, tokens_per_run: int = 1, check: bool = True
+    sim: str,
+    b: BuildInfo,
+    case: Path,
+    result: Path,
+    *,
+    tokens_per_run: int = 1,
+    check: bool = True,
+    tb_module: str = TB_MODULE,
 ) -> dict:
     """Run the testbench on ``case``; returns the testbench's result dict. Raises SystemExit
     (from cocotb's runner, under pytest) or RuntimeError when the testbench fails and ``check``."""
@@ -134,7 +163,7 @@ def run_case(
         sys.path.insert(0, str(TB_DIR))
     try:
         xml = r.test(
-            test_module=TB_MODULE,
+            test_module=tb_module,
             hdl_toplevel=b.top,
             build_dir=bdir,
             test_dir=result.parent,

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from romsim.kernels import bitpack as bp
-from romsim.kernels.qmatmul import QTensor, dequantize, int_group_dots, quantize_act_bfp
+from romsim.kernels.dequant_ref import group_partials
+from romsim.kernels.qmatmul import QTensor, dequantize, quantize_act_bfp
 
 from romsim.config import ChipConfig, chip_from_dict
 from romsim.errors import RomsimInputError
@@ -142,36 +143,36 @@ class Tile:
         """Cycles romsim.perf charges this cell for ``tokens`` tokens: ROM reads + pipeline."""
         return tokens * int(self.mt.rom_rows(self.n_groups)) + self.pipeline_depth_cycles
 
-    def golden(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Expected outputs for int mantissas ``a[T, Kp]``: T = D - z*S per tile group
-        (``[T, n_groups]`` int64, from :func:`romsim.kernels.qmatmul.int_group_dots`) and the
-        groups' fp16 scale bits (``[n_groups]`` uint16)."""
-        a = np.atleast_2d(a)
-        d, s = int_group_dots(self.qt, a)  # [M, N, ng], [M, ng]
-        ng = self.qt.n_groups
+    def golden(self, a: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Expected outputs for int mantissas ``a[V, Kp]`` and group exponents ``e[V, ng_row]``:
+        T = D - z*S per tile group (``[V, n_groups]`` int64, from
+        :func:`romsim.kernels.qmatmul.int_group_dots`), the groups' fp16 scale bits
+        (``[n_groups]`` uint16) and the fp32 partials' bits (``[V, n_groups]`` uint32, the
+        kernel's ``fp32(T) * s * 2**e``: :func:`romsim.kernels.dequant_ref.group_partials`)."""
+        t, p = group_partials(self.qt, a, e, self.start, self.stop)
         gidx = np.arange(self.start, self.stop)
-        dd = d.reshape(a.shape[0], -1)[:, gidx].astype(np.int64)
-        ss = s[:, gidx % ng].astype(np.int64)
-        z = self.qt.zero.reshape(-1)[gidx].astype(np.int64)
         scale = self.qt.scale.reshape(-1)[gidx].astype(np.float16).view(np.uint16)
-        return dd - z[None, :] * ss, scale
+        return t, scale, p.view(np.uint32)
 
     # ---- activations ---------------------------------------------------------------------------
-    def random_acts(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` random activation vectors as int mantissas ``[n, Kp]`` (block floating point from
-        the kernels' quantizer; heavy-tailed so exponents and saturation vary), plus the extremes
-        (+max and -max mantissas everywhere) first."""
+    def random_acts(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` random activation vectors as int mantissas ``[n, Kp]`` and group exponents
+        ``[n, ng_row]`` (block floating point from the kernels' quantizer; heavy-tailed so
+        exponents and saturation vary), the extremes first: +max mantissas with ``e = -135``
+        (partials near and below fp32's normal range) and -max mantissas with ``e = 100``."""
         kp = self.qt.k_padded
         rng = np.random.default_rng(seed)
         x = rng.standard_t(3, size=(max(n - 2, 0), kp)).astype(np.float32)
         x[:, self.qt.k :] = 0
-        a, _ = quantize_act_bfp(x, self.qt.group_size)
+        a, e = quantize_act_bfp(x, self.qt.group_size)
         top = (1 << 7) - 1
         ext = np.stack([np.full(kp, top), np.full(kp, -top)]).astype(np.int8)
         ext[:, self.qt.k :] = 0
-        return np.concatenate([ext, a])[:n]
+        ee = np.zeros((2, e.shape[1]), np.int32)
+        ee[0], ee[1] = -135, 100
+        return np.concatenate([ext, a])[:n], np.concatenate([ee, e])[:n]
 
-    def real_acts(self, n: int) -> np.ndarray | None:
+    def real_acts(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Activations from the real model, or None without the GGUF: the layer input of ``n``
         real tokens -- token embeddings RMS-normed with the layer's norm weight (attn_norm for
         q/k/v/o, ffn_norm for gate/up); for ``down``, ``silu(gate x) * up x`` of that input with
@@ -197,8 +198,7 @@ class Tile:
         kp = self.qt.k_padded
         xp = np.zeros((x.shape[0], kp), np.float32)
         xp[:, : x.shape[1]] = x
-        a, _ = quantize_act_bfp(xp, self.qt.group_size)
-        return a
+        return quantize_act_bfp(xp, self.qt.group_size)
 
 
 def tile_words(qt: QTensor, start: int, stop: int) -> np.ndarray:
@@ -238,3 +238,42 @@ def make_tile(
     return Tile(
         model, layer, matrix, cell, mt, start, stop, qt, words, src, chip.cell.pipeline_depth_cycles
     )
+
+
+def layer_cell_tiles(
+    model: str, layer: int, cell: int, bits: int = 4, chip: ChipConfig | None = None
+) -> tuple[list[Tile], np.ndarray]:
+    """Every matrix tile one cell holds on a chip mapping a one-layer model (the matrices of one
+    layer, ``Mapping.cell_layout(cell)`` order; weights of layer ``layer``), and the cell's whole
+    ROM image (= ``romsim.rom.cell_image``: the tiles' words back to back)."""
+    from dataclasses import replace
+
+    chip = chip or small_chip(bits, placement={"lm_head": "off_chip"})
+    spec = replace(load_model(model), n_layers=1)
+    mapping = Mapping(spec, chip)
+    tiles = []
+    for mt, start, stop, _row in mapping.cell_layout(cell):
+        if stop <= start:
+            continue
+        fmt = mt.fmt
+        if fmt.kind != "affine":
+            raise RomsimInputError("quant", fmt.label(), "the RTL cell implements affine only")
+        qt, src = matrix_qtensor(model, layer, mt.kind, fmt.bits, fmt.group_size)
+        words = tile_words(qt, start, stop)
+        assert words.size == int(mt.rom_rows(stop - start))
+        tiles.append(
+            Tile(
+                model,
+                layer,
+                mt.kind,
+                cell,
+                mt,
+                start,
+                stop,
+                qt,
+                words,
+                src,
+                chip.cell.pipeline_depth_cycles,
+            )
+        )
+    return tiles, np.concatenate([t.words for t in tiles])

@@ -8,6 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("XDG_CACHE_HOME", str(ROOT / ".cache"))
+# Verilator models for the tests are compiled without C++ optimisation (~3x faster builds; the
+# tests run few vectors). bench/bench_rtl_sim.py keeps the default (-Os).
+os.environ.setdefault("ROMSIM_VERILATOR_OPT", "-O0")
 
 
 def pytest_addoption(parser):

@@ -22,27 +22,34 @@ def tiles_for(bits: int, specs: list[tuple[int, str, int, int]]) -> list[Tile]:
     return out
 
 
-def acts_for(tile: Tile, n_random: int, seed: int = 0) -> np.ndarray:
+def acts_for(tile: Tile, n_random: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 mantissas [V, Kp], group exponents [V, ng_row]): 3 real vectors, then random."""
     real = tile.real_acts(3)
     rnd = tile.random_acts(n_random, seed=seed)
-    return rnd if real is None else np.concatenate([real, rnd])
+    if real is None:
+        return rnd
+    return np.concatenate([real[0], rnd[0]]), np.concatenate([real[1], rnd[1]])
 
 
 def run_rowblock(
     sim: str,
     tiles: list[Tile],
-    acts: np.ndarray,
+    acts: tuple[np.ndarray, np.ndarray],
     workdir,
     *,
     style: str = "fused",
+    row_sums: bool = False,
     max_tokens: int = 2,
     tokens_per_run: int = 2,
     corrupt: tuple[int, int, int] | None = None,
     check: bool = True,
     build_dir=None,
 ) -> tuple[dict, object]:
-    """Build (cached) and run. ``corrupt = (cell, word, xor_mask)`` flips bits of one ROM word
-    in the Verilog while the expected outputs stay the kernel's."""
+    """Build (cached) and run. ``acts`` = (mantissas, exponents). ``corrupt = (cell, word,
+    xor_mask)`` flips bits of one ROM word in the Verilog while the expected outputs stay the
+    kernel's. ``row_sums``: the tiles are consecutive cells of one matrix; the row-block's fp32
+    row sums are checked against ``romsim.kernels.dequant_ref.rowblock_sums``."""
+    a, e = acts
     words = [t.words.copy() for t in tiles]
     if corrupt is not None:
         c, w, mask = corrupt
@@ -53,18 +60,27 @@ def run_rowblock(
         words,
         style=style,
         max_tokens=max_tokens,
+        row_sums=row_sums,
         build_dir=build_dir,
         meta={"tiles": [t.spec for t in tiles], "source": tiles[0].source},
     )
-    gold = [t.golden(acts) for t in tiles]
+    gold = [t.golden(a, e) for t in tiles]
+    rows = None
+    if row_sums:
+        from romsim.kernels.dequant_ref import rowblock_sums
+
+        _, rows = rowblock_sums(tiles[0].qt, a, e, [(t.start, t.stop) for t in tiles])
     case = workdir / "case.npz"
     simrun.write_case(
         case,
         b,
-        list(acts),
+        a,
+        e,
         [g[0] for g in gold],
         [g[1] for g in gold],
+        [g[2] for g in gold],
         [t.perf_cycles() for t in tiles],
+        rows=rows,
     )
     res = simrun.run_case(
         sim, b, case, workdir / f"result_{sim}.json", tokens_per_run=tokens_per_run, check=check
@@ -84,7 +100,7 @@ def cycle_agreement(bits_list=(2, 3, 4, 8), tokens: int = 2) -> list[dict]:
     for bits in bits_list:
         for spec in specs:
             (t,) = tiles_for(bits, [spec])
-            acts = t.random_acts(tokens, seed=bits)
+            acts, exps = t.random_acts(tokens, seed=bits)
             row = {
                 "bits": bits,
                 "tile": t.spec,
@@ -99,9 +115,9 @@ def cycle_agreement(bits_list=(2, 3, 4, 8), tokens: int = 2) -> list[dict]:
                 top = RowBlock([FusedCell(p, t.words, style=style)], max_tokens=tokens)
                 res = {}
 
-                async def bench(ctx, top=top, p=p, acts=acts, res=res):
+                async def bench(ctx, top=top, p=p, acts=acts, exps=exps, res=res):
                     for k in range(tokens):
-                        for g, e in enumerate(act_group_entries(p, acts[k])):
+                        for g, e in enumerate(act_group_entries(p, acts[k], exps[k])):
                             ctx.set(top.act_we, 1)
                             ctx.set(top.act_waddr, k * p.ng_row + g)
                             ctx.set(top.act_wdata, e)
@@ -122,3 +138,35 @@ def cycle_agreement(bits_list=(2, 3, 4, 8), tokens: int = 2) -> list[dict]:
                 row[f"rtl_{style}"] = res["cycles"]
             rows.append(row)
     return rows
+
+
+def run_multicell(sim: str, cell: int, bits: int, workdir, *, build_dir=None) -> dict:
+    """One cell holding every matrix of SmolLM2-135M layer 0 on the 64-cell test chip (one-layer
+    mapping, lm_head off chip): per matrix one real activation vector, selected by ``sel``."""
+    import json
+
+    from romsim.rtl.emit import emit_multicell
+    from romsim.rtl.params import LATENCY_CYCLES
+    from romsim.rtl.tile import layer_cell_tiles
+
+    tiles, words = layer_cell_tiles(MODEL, 0, cell, bits)
+    params = [t.params() for t in tiles]
+    b = emit_multicell(params, words, build_dir=build_dir, meta={"tiles": [t.spec for t in tiles]})
+    arrays = {}
+    for i, t in enumerate(tiles):
+        acts = t.real_acts(1) or t.random_acts(1, seed=i)
+        a, e = acts[0][:1], acts[1][:1]
+        gt, gs, gf = t.golden(a, e)
+        arrays |= {f"a{i}": a[0], f"e{i}": e[0], f"t{i}": gt[0], f"s{i}": gs, f"f{i}": gf[0]}
+    cfg = {
+        "params": [{k: v for k, v in b.params[0].__dict__.items() if k != "_derived"}],
+        "tiles": [{k: v for k, v in p.__dict__.items() if k != "_derived"} for p in params],
+        "names": [t.mt.name for t in tiles],
+        "latency": LATENCY_CYCLES["fused"],
+    }
+    arrays["cfg"] = np.frombuffer(json.dumps(cfg).encode(), np.uint8)
+    case = workdir / "case.npz"
+    np.savez(case, **arrays)
+    return simrun.run_case(
+        sim, b, case, workdir / f"result_{sim}.json", tb_module="cocotb_multicell"
+    ), tiles

@@ -121,6 +121,9 @@ class RomImage:
                 for qt in self.matrices.values():
                     fh.write(qt.words.astype("<u8").tobytes())
                     fh.write(qt.meta.astype("<u8").tobytes())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
