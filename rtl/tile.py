@@ -27,21 +27,13 @@ from romsim.kernels.qmatmul import QTensor, dequantize, quantize_act_bfp
 
 from romsim.config import ChipConfig, chip_from_dict
 from romsim.errors import RomsimInputError
+from romsim.functional.model import LINEAR_GGUF
 from romsim.mapping import Mapping, MatrixTiles
 from romsim.modelspec import LINEAR_KINDS, load_model
 
 from .params import CellParams
 
 DEFAULT_CHIP = {"mesh": {"rows": 3, "cols": 4, "vector_rows": 1}, "cell": {"cells_per_unit": 8}}
-GGUF_NAMES = {
-    "q": "attn_q",
-    "k": "attn_k",
-    "v": "attn_v",
-    "o": "attn_output",
-    "gate": "ffn_gate",
-    "up": "ffn_up",
-    "down": "ffn_down",
-}
 
 
 def small_chip(bits: int, group_size: int = 128, **overrides) -> ChipConfig:
@@ -89,7 +81,7 @@ def matrix_qtensor(
     n, k = spec.linear_shape(matrix)
     if model == "smollm2-135m" and _gguf_available():
         g = _gguf()
-        rt = g.tensor(f"blk.{layer}.{GGUF_NAMES[matrix]}.weight")
+        rt = g.tensor(f"blk.{layer}.{LINEAR_GGUF[matrix]}.weight")
         qt = QTensor.from_gguf(rt.data, rt.ggml_type.lower(), *rt.shape)
         if (qt.n, qt.k) != (n, k):
             raise RomsimInputError(
