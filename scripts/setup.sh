@@ -11,6 +11,8 @@ command -v iverilog >/dev/null 2>&1 || need_apt+=(iverilog)
 command -v yosys >/dev/null 2>&1 || need_apt+=(yosys)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+# WordNet glosses and lexicographer files: the federated layer's real data set
+[ -f /usr/share/wordnet/data.noun ] || need_apt+=(wordnet-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,503 @@
+"""Run a federated fine-tune: the server loop (driven by the Flower ServerApp), checkpoints after
+every round, resume, metrics (CSV + JSON + plot), final adapter export in PEFT format, and the
+``run_simulation`` entry point ``romsim fl run`` uses.
+
+Output folder::
+
+    config.json         the FL config of the run (resume refuses a different one)
+    devices.json        every client's device: chip, SRAM, layer budget, step time, power
+    metrics.csv         one row per round (round 0 = the un-tuned base)
+    metrics.json        the same rows + per-client details + dropped clients with reasons
+    metrics.png         accuracy / eval loss vs round and vs simulated time
+    checkpoint/         state.json + round-NNNN.npz (global adapter + strategy state)
+    adapter/            final global adapter, PEFT format (PeftModel.from_pretrained)
+    log.txt             the run's log
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from romsim.errors import RomsimInputError
+
+log = logging.getLogger("romsim.fl")
+
+CSV_FIELDS = (
+    "round", "accuracy", "eval_loss", "train_loss", "clients_ok", "clients_dropped",
+    "round_time_s", "sim_time_s", "round_energy_j", "energy_j", "bytes_up", "bytes_down",
+    "trained_layers_mean", "host_wall_s",
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ helpers
+def make_devices(cfg):
+    """The run's clients as :class:`romsim.fl.devices.Device` (class order)."""
+    from romsim.fl.devices import DeviceClassSpec, Link, build_devices
+
+    classes = [
+        DeviceClassSpec(
+            name=d.name,
+            chip=d.chip,
+            count=d.count,
+            overrides=dict(d.overrides),
+            link=Link(d.link.uplink_bps, d.link.downlink_bps, d.link.latency_s),
+        )
+        for d in cfg.devices
+    ]
+    model = cfg.model.spec
+    if cfg.model.gguf == "tiny":
+        model = tiny_spec(cfg.model.tiny_layers)
+    return build_devices(
+        classes, model, cfg.model.quant, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets,
+        cfg.train.seq_len, cfg.train.batch,
+    )  # fmt: skip
+
+
+def tiny_spec(n_layers: int):
+    from romsim.modelspec import spec_from_config
+
+    cfg = {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": n_layers,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 260,
+        "tie_word_embeddings": True, "max_position_embeddings": 512,
+    }  # fmt: skip
+    return spec_from_config(cfg, f"tiny-llama-{n_layers}l")
+
+
+def config_digest(cfg) -> str:
+    import hashlib
+
+    d = cfg.to_dict()
+    d["run"] = {k: v for k, v in d["run"].items() if k != "out"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _atomic_write(path, buf.getvalue())
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def runtime_from_run_config(run_config) -> dict:
+    """Deployment engine: the ServerApp's run config names the FL TOML (``config``), and
+    optionally ``out`` and ``resume``."""
+    from romsim.fl.config import load_fl_config
+
+    if "config" not in run_config:
+        raise RomsimInputError(
+            "run_config.config",
+            None,
+            "name the FL TOML: flwr run . --run-config 'config=\"fl.toml\"'",
+        )
+    cfg = load_fl_config(str(run_config["config"]))
+    out = str(run_config.get("out", cfg.run.out))
+    return {"cfg": cfg, "out": out, "resume": bool(run_config.get("resume", False))}
+
+
+# ------------------------------------------------------------------------------ server loop
+class ServerLoop:
+    def __init__(self, grid, cfg, out: str, resume: bool = False, progress: bool = True,
+                 stop_after: int | None = None, node_timeout_s: float = 300.0):  # fmt: skip
+        self.grid = grid
+        self.cfg = cfg
+        self.out = Path(out)
+        self.resume = resume
+        self.progress = progress
+        self.stop_after = stop_after  # testing: end after this round (simulates a kill)
+        self.node_timeout_s = node_timeout_s
+        self.cfg_json = json.dumps(cfg.to_dict(), sort_keys=True)
+
+    # ---------------------------------------------------------------- messaging
+    def _send(self, node_ids: dict[int, int], mtype: str, make_content, rnd: int):
+        from flwr.app import Message
+
+        msgs = []
+        for cid, nid in node_ids.items():
+            msgs.append(Message(make_content(cid), dst_node_id=nid, message_type=mtype,
+                                group_id=str(rnd)))  # fmt: skip
+        replies = list(self.grid.send_and_receive(msgs))
+        by_node = {nid: cid for cid, nid in node_ids.items()}
+        out = {}
+        for r in replies:
+            out[by_node[r.metadata.src_node_id]] = r
+        return out
+
+    def _config_record(self, **kw):
+        from flwr.app import ConfigRecord
+
+        return ConfigRecord({"fl-config": self.cfg_json, **kw})
+
+    def _discover(self) -> dict[int, int]:
+        from flwr.app import RecordDict
+
+        n = self.cfg.n_clients
+        t0 = time.time()
+        while True:
+            nodes = list(self.grid.get_node_ids())
+            if len(nodes) >= n:
+                break
+            if time.time() - t0 > self.node_timeout_s:
+                raise RuntimeError(f"only {len(nodes)} of {n} SuperNodes connected")
+            time.sleep(1.0)
+        tmp = {i: nid for i, nid in enumerate(nodes)}
+        replies = self._send(tmp, "query",
+                             lambda _c: RecordDict({"config": self._config_record(action="hello")}), 0)  # fmt: skip
+        mapping: dict[int, int] = {}
+        digests = {}
+        for i, r in replies.items():
+            if r.has_error():
+                log.warning("node %s failed the hello query: %s", tmp[i], r.error.reason)
+                continue
+            info = r.content["info"]
+            pid = int(info["partition-id"])
+            mapping[pid] = tmp[i]
+            digests[pid] = str(info["digest"])
+        missing = sorted(set(range(n)) - set(mapping))
+        if missing:
+            raise RuntimeError(f"no SuperNode answered for partition ids {missing}")
+        self.client_digests = digests
+        return {pid: mapping[pid] for pid in range(n)}
+
+    # ---------------------------------------------------------------- main
+    def run(self) -> dict:
+        from flwr.app import RecordDict
+
+        from romsim.fl.aggregation import ClientUpdate, validate_update
+        from romsim.fl.data import load_dataset
+        from romsim.fl.strategy import Planner, module_keys
+        from romsim.fl.train import (
+            adapter_shapes,
+            evaluate,
+            export_peft,
+            init_adapter,
+            load_bundle,
+            set_adapter,
+        )
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        ck = self.out / "checkpoint"
+        ck.mkdir(exist_ok=True)
+        _setup_file_log(self.out / "log.txt")
+        cdig = config_digest(cfg)
+        devices = make_devices(cfg)
+        bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads)
+        planner = Planner(cfg.strategy, devices, bundle.n_layers, cfg.run.seed)
+        ds = load_dataset(cfg.data)
+        test = ds.test[: cfg.data.eval_examples]
+
+        state_path = ck / "state.json"
+        rows: list[dict] = []
+        details: list[dict] = []
+        start = 1
+        if self.resume and state_path.is_file():
+            st = json.loads(state_path.read_text())
+            if st["config_digest"] != cdig:
+                raise RomsimInputError("--resume", str(self.out),
+                                       "the checkpoint was written by a different config")  # fmt: skip
+            arrs = _load_npz(ck / st["file"])
+            glob = {k[len("global/") :]: v for k, v in arrs.items() if k.startswith("global/")}
+            planner.load_state_arrays({k[len("planner/"):]: v for k, v in arrs.items()
+                                       if k.startswith("planner/")})  # fmt: skip
+            rows, details = st["rows"], st["details"]
+            start = st["round"] + 1
+            log.info("resuming %s after round %d", self.out, st["round"])
+        else:
+            glob = init_adapter(adapter_shapes(bundle), cfg.run.seed)
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (self.out / "devices.json").write_text(
+            json.dumps([d.describe() for d in devices], indent=2)
+        )
+
+        node_of = self._discover()
+        bad = {c: d for c, d in self.client_digests.items() if d != bundle.digest}
+        if bad:
+            raise RuntimeError(f"clients {sorted(bad)} hold a different frozen base (ROM image) "
+                               f"than the server ({bundle.digest})")  # fmt: skip
+        log.info("%d clients, frozen base digest %s on all", len(node_of), bundle.digest)
+
+        if start == 1:
+            set_adapter(bundle, glob)
+            ev = evaluate(bundle, test, cfg.train.eval_batch)
+            rows.append(_row(0, ev, [], 0, {}, 0.0, 0.0))
+            log.info("round 0 (base): accuracy %.4f, eval loss %.4f", ev["accuracy"], ev["loss"])
+            self._checkpoint(ck, 0, glob, planner, rows, details, cdig)
+
+        prog = _Progress(cfg.run.rounds, start - 1, self.progress)
+        try:
+            for rnd in range(start, cfg.run.rounds + 1):
+                t0 = time.time()
+                cids = planner.sample(rnd)
+                nodes = {c: node_of[c] for c in cids}
+                scores: dict[int, dict[str, float]] = {}
+                probe: dict[int, dict[str, float]] = {}
+                dropped: list[dict] = []
+                if planner.needs_scores:
+                    gl_rec = _arrays_record(glob)
+                    reps = self._send(nodes, "query", lambda c, rnd=rnd, g=gl_rec: RecordDict({
+                        "config": self._config_record(action="score", round=rnd, cid=c),
+                        "global": g}), rnd)  # fmt: skip
+                    for c in cids:
+                        r = reps.get(c)
+                        if r is None or r.has_error():
+                            why = "no reply" if r is None else r.error.reason
+                            log.warning("round %d: client %d dropped from scoring: %s", rnd, c, why)
+                            continue
+                        sc = r.content["scores"]
+                        scores[c] = dict(zip(sc["keys"], sc["values"], strict=True))
+                        probe[c] = dict(r.content["metrics"])
+                assign = planner.assign(rnd, cids, scores)
+                gl_rec = _arrays_record(glob)
+                reps = self._send(nodes, "train", lambda c, rnd=rnd, g=gl_rec, a=assign: RecordDict({
+                    "config": self._config_record(
+                        round=rnd, cid=c, modules=[f"{m[0]}.{m[1]}" for m in a[c]]),
+                    "global": g}), rnd)  # fmt: skip
+                updates, per_client = [], []
+                for c in cids:
+                    r = reps.get(c)
+                    reason = None
+                    if r is None:
+                        reason = "no reply"
+                    elif r.has_error():
+                        reason = f"client error: {r.error.reason}"
+                    else:
+                        try:
+                            arrays = {k: v.numpy() for k, v in r.content["adapter"].items()}
+                            m = dict(r.content["metrics"])
+                            upd = ClientUpdate(c, float(m["num-examples"]), arrays)
+                            reason = validate_update(upd, glob, module_keys(assign[c]))
+                        except Exception as e:  # malformed reply
+                            reason = f"malformed reply: {type(e).__name__}: {e}"
+                    if reason:
+                        log.warning("round %d: client %d dropped: %s", rnd, c, reason)
+                        dropped.append({"round": rnd, "cid": c, "reason": reason})
+                        continue
+                    pm = probe.get(c, {})
+                    m["device_time_s"] += pm.get("probe_time_s", 0.0)
+                    m["energy_j"] += pm.get("probe_energy_j", 0.0)
+                    m["bytes_down"] += pm.get("bytes_down", 0.0)
+                    m["trained_layers"] = len({x[0] for x in assign[c]})
+                    m["cid"] = c
+                    m["class"] = devices[c].klass
+                    updates.append(upd)
+                    per_client.append(m)
+                if updates:
+                    glob, _counts = planner.aggregate(glob, updates)
+                else:
+                    log.warning(
+                        "round %d: every client dropped; the global adapter is unchanged", rnd
+                    )
+                set_adapter(bundle, glob)
+                ev = evaluate(bundle, test, cfg.train.eval_batch)
+                prev_sim = rows[-1]["sim_time_s"]
+                prev_e = rows[-1]["energy_j"]
+                row = _row(rnd, ev, per_client, len(dropped), {}, prev_sim, prev_e)
+                row["host_wall_s"] = time.time() - t0
+                rows.append(row)
+                details.append({"round": rnd, "clients": per_client, "dropped": dropped,
+                                "assignment": {str(c): [f"{a}.{b}" for a, b in assign[c]]
+                                               for c in cids}})  # fmt: skip
+                self._checkpoint(ck, rnd, glob, planner, rows, details, cdig)
+                prog.advance(row)
+                log.info("round %d: accuracy %.4f, eval loss %.4f, round time %.3f s (simulated), "
+                         "%d ok, %d dropped", rnd, ev["accuracy"], ev["loss"], row["round_time_s"],
+                         row["clients_ok"], row["clients_dropped"])  # fmt: skip
+                if self.stop_after is not None and rnd >= self.stop_after:
+                    log.info("stopping after round %d (stop_after)", rnd)
+                    return {"rows": rows, "stopped": True}
+        finally:
+            prog.close()
+        write_metrics(self.out, rows, details)
+        export_peft(bundle, glob, str(self.out / "adapter"))
+        try:
+            plot_metrics(self.out, rows)
+        except Exception as e:  # the plot is a convenience
+            log.warning("plot failed: %s", e)
+        return {"rows": rows, "stopped": False}
+
+    def _checkpoint(self, ck: Path, rnd, glob, planner, rows, details, cdig) -> None:
+        arrs = {f"global/{k}": v for k, v in glob.items()}
+        arrs.update({f"planner/{k}": v for k, v in planner.state_arrays().items()})
+        name = f"round-{rnd:04d}.npz"
+        _save_npz(ck / name, arrs)
+        st = {"round": rnd, "file": name, "config_digest": cdig, "rows": rows, "details": details}
+        _atomic_write(ck / "state.json", json.dumps(st).encode())
+        for old in ck.glob("round-*.npz"):
+            if old.name != name:
+                old.unlink()
+        write_metrics(self.out, rows, details)
+
+
+def _arrays_record(arrays):
+    from romsim.fl.apps import _arrays_out
+
+    return _arrays_out(arrays)
+
+
+def _row(rnd, ev, per_client, n_dropped, _extra, prev_sim, prev_e) -> dict:
+    rt = max((m["device_time_s"] for m in per_client), default=0.0)
+    e = sum(m["energy_j"] for m in per_client)
+    losses = [m["train_loss"] for m in per_client]
+    layers = [m["trained_layers"] for m in per_client]
+    return {
+        "round": rnd,
+        "accuracy": ev["accuracy"],
+        "eval_loss": ev["loss"],
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "clients_ok": len(per_client),
+        "clients_dropped": n_dropped,
+        "round_time_s": rt,
+        "sim_time_s": prev_sim + rt,
+        "round_energy_j": e,
+        "energy_j": prev_e + e,
+        "bytes_up": float(sum(m["bytes_up"] for m in per_client)),
+        "bytes_down": float(sum(m["bytes_down"] for m in per_client)),
+        "trained_layers_mean": float(np.mean(layers)) if layers else 0.0,
+        "host_wall_s": 0.0,
+    }
+
+
+def write_metrics(out: Path, rows: list[dict], details: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in CSV_FIELDS})
+    _atomic_write(out / "metrics.csv", buf.getvalue().encode())
+    _atomic_write(out / "metrics.json",
+                  json.dumps({"rounds": rows, "details": details}, indent=1).encode())  # fmt: skip
+
+
+def plot_metrics(out: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = [x["round"] for x in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(r, [x["accuracy"] for x in rows], "o-")
+    ax[0].set(xlabel="round", ylabel="held-out accuracy")
+    ax[1].plot(r, [x["eval_loss"] for x in rows], "o-", color="C1")
+    ax[1].set(xlabel="round", ylabel="eval loss (answer CE)")
+    ax[2].plot([x["sim_time_s"] for x in rows], [x["accuracy"] for x in rows], "o-", color="C2")
+    ax[2].set(xlabel="simulated wall time (s)", ylabel="held-out accuracy")
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=110)
+    plt.close(fig)
+
+
+class _Progress:
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.p = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.p = Progress(TextColumn("[bold]FL rounds"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"))  # fmt: skip
+        self.p.start()
+        self.t = self.p.add_task("rounds", total=total, completed=done, info="")
+
+    def advance(self, row: dict) -> None:
+        if self.p:
+            self.p.update(self.t, advance=1,
+                          info=f"acc {row['accuracy']:.3f} loss {row['eval_loss']:.3f}")  # fmt: skip
+
+    def close(self) -> None:
+        if self.p:
+            self.p.stop()
+
+
+def _setup_file_log(path: Path) -> None:
+    lg = logging.getLogger("romsim.fl")
+    lg.setLevel(logging.INFO)
+    for h in list(lg.handlers):
+        if isinstance(h, logging.FileHandler):
+            lg.removeHandler(h)
+            h.close()
+    fh = logging.FileHandler(path)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    lg.addHandler(fh)
+
+
+# ------------------------------------------------------------------------------ simulation
+def _prepare_env(out: Path) -> None:
+    tmp = Path(os.environ.get("ROMSIM_FL_TMP", "/tmp")) / f"romsim-ray-{os.getuid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_TMPDIR", str(tmp))
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray starts workers at nice 15; the clients' training is this run's main work
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_fl(cfg, out: str | None = None, resume: bool = False, progress: bool = True,
+           stop_after: int | None = None) -> dict:  # fmt: skip
+    """Run ``cfg`` in Flower's simulation engine (embedded, no servers to start)."""
+    from romsim.fl import apps
+
+    out_p = Path(out or cfg.run.out)
+    out_p.mkdir(parents=True, exist_ok=True)
+    if not resume and (out_p / "checkpoint" / "state.json").exists():
+        raise RomsimInputError("--out", str(out_p),
+                               "holds a checkpoint: pass --resume to continue it or pick another folder")  # fmt: skip
+    make_devices(cfg)  # validate devices before starting Ray
+    _prepare_env(out_p)
+    result: dict = {}
+
+    def _main(grid, context):
+        result.update(ServerLoop(grid, cfg, str(out_p), resume, progress, stop_after).run())
+
+    from flwr.serverapp import ServerApp
+
+    server = ServerApp()
+    server.main()(_main)
+    sim = cfg.simulation
+    ncpu = sim.num_cpus or os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": min(sim.client_cpus, ncpu), "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": ncpu,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": sim.verbose,
+        },  # fmt: skip
+    }
+    from flwr.simulation import run_simulation
+
+    run_simulation(server_app=server, client_app=apps.client_app,
+                   num_supernodes=cfg.n_clients, backend_config=backend,
+                   verbose_logging=sim.verbose)  # fmt: skip
+    if not result:
+        raise RuntimeError(f"the federated run failed; see {out_p / 'log.txt'}")
+    return result

@@ -1,0 +1,335 @@
+"""Local QLoRA fine-tuning and evaluation with torch + peft (imported inside functions).
+
+The frozen base is the ROM image: the SmolLM2-135M Q4_1 GGUF dequantized by
+:func:`romsim.functional.torch_ref.build_torch_reference` (float32 copies of exactly the
+quantized values, the same bits on every client; :func:`rom_digest` proves it). LoRA adapters
+come from peft on every decoder linear of the targets; a client trains only its assigned
+modules (``requires_grad`` on those), the others run frozen with the global values.
+
+Adapter arrays travel under canonical keys ``"{layer}.{kind}.A"`` / ``"{layer}.{kind}.B"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from romsim.fl.data import LETTERS, Example
+
+HF_LINEAR = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+
+_CACHE: dict = {}
+
+
+class ByteTokenizer:
+    """Bytes as tokens (tiny test model only)."""
+
+    vocab_size = 260
+    pad_id = 0
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return list((prompt + " ").encode("utf-8"))
+
+    def letter_ids(self) -> list[int]:
+        return [ord(x) for x in LETTERS]
+
+
+class GGUFTextTokenizer:
+    def __init__(self, tk):
+        self.tk = tk
+        self.pad_id = tk.eos_id or 0
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tk.encode(prompt)
+
+    def letter_ids(self) -> list[int]:
+        ids = [self.tk.encode(" " + x) for x in LETTERS]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"answer letters are not single tokens: {ids}")
+        return [i[0] for i in ids]
+
+
+@dataclass
+class Bundle:
+    """One process's model: the peft-wrapped frozen base, tokenizer, adapter parameter map."""
+
+    model: object  # peft.PeftModel
+    tok: object
+    params: dict  # canonical key -> torch.nn.Parameter
+    n_layers: int
+    targets: tuple[str, ...]
+    digest: str
+    letter_ids: list[int]
+
+
+def adapter_key(layer: int, kind: str, ab: str) -> str:
+    return f"{layer}.{kind}.{ab}"
+
+
+def tiny_llama_config(n_layers: int = 4):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=ByteTokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+        pad_token_id=0,
+    )
+
+
+def _build_base(model_cfg):
+    import torch
+
+    if model_cfg.gguf == "tiny":
+        from transformers import LlamaForCausalLM
+
+        g = torch.Generator().manual_seed(1234)
+        cfg = tiny_llama_config(model_cfg.tiny_layers)
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            model = LlamaForCausalLM(cfg)
+        return model.float().eval(), ByteTokenizer()
+    from romsim.functional.gguf_io import read_gguf, smollm2_gguf_path
+    from romsim.functional.tokenizer import GGUFTokenizer
+    from romsim.functional.torch_ref import build_torch_reference
+
+    path = smollm2_gguf_path() if model_cfg.gguf == "smollm2" else model_cfg.gguf
+    g = read_gguf(path)
+    return build_torch_reference(g), GGUFTextTokenizer(GGUFTokenizer.from_gguf(g))
+
+
+def rom_digest(model) -> str:
+    """SHA-256 over the frozen base's parameters (names, shapes and float32 bytes)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_bundle(model_cfg, lora_cfg, threads: int = 2) -> Bundle:
+    """The process-wide model (built once per process: Ray actors keep theirs between rounds)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(threads)
+    key = (model_cfg.model_dump_json(), lora_cfg.model_dump_json())
+    if key in _CACHE:
+        return _CACHE[key]
+    base, tok = _build_base(model_cfg)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    digest = rom_digest(base)
+    pcfg = LoraConfig(
+        r=lora_cfg.rank,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=[HF_LINEAR[t].split(".")[1] for t in lora_cfg.targets],
+        bias="none",
+    )
+    model = get_peft_model(base, pcfg)
+    n_layers = base.config.num_hidden_layers
+    params = {}
+    mods = dict(model.named_modules())
+    for layer in range(n_layers):
+        for kind in lora_cfg.targets:
+            m = mods[f"base_model.model.model.layers.{layer}.{HF_LINEAR[kind]}"]
+            params[adapter_key(layer, kind, "A")] = m.lora_A["default"].weight
+            params[adapter_key(layer, kind, "B")] = m.lora_B["default"].weight
+    b = Bundle(model, tok, params, n_layers, tuple(lora_cfg.targets), digest, tok.letter_ids())
+    _CACHE.clear()
+    _CACHE[key] = b
+    return b
+
+
+def init_adapter(shapes: dict[str, tuple[int, int]], seed: int) -> dict[str, np.ndarray]:
+    """peft's default LoRA init in numpy: A ~ U(-1/sqrt(K), 1/sqrt(K)) (kaiming-uniform with
+    a = sqrt(5)), B = 0. Seeded, so every run with the same seed starts from the same adapter."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in sorted(shapes):
+        shp = shapes[k]
+        if k.endswith(".A"):
+            bound = 1.0 / np.sqrt(shp[1])
+            out[k] = rng.uniform(-bound, bound, size=shp).astype(np.float32)
+        else:
+            out[k] = np.zeros(shp, dtype=np.float32)
+    return out
+
+
+def adapter_shapes(bundle: Bundle) -> dict[str, tuple[int, int]]:
+    return {k: tuple(p.shape) for k, p in bundle.params.items()}
+
+
+def set_adapter(bundle: Bundle, arrays: dict[str, np.ndarray]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for k, a in arrays.items():
+            bundle.params[k].copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
+
+
+def get_adapter(bundle: Bundle, keys=None) -> dict[str, np.ndarray]:
+    keys = bundle.params.keys() if keys is None else keys
+    return {k: bundle.params[k].detach().cpu().numpy().copy() for k in keys}
+
+
+def _batch(bundle: Bundle, exs: list[Example]):
+    import torch
+
+    ids = [bundle.tok.prompt_ids(e.prompt) for e in exs]
+    L = max(map(len, ids))
+    x = torch.full((len(ids), L), bundle.tok.pad_id, dtype=torch.long)
+    att = torch.zeros((len(ids), L), dtype=torch.long)
+    for i, s in enumerate(ids):
+        x[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+    last = torch.tensor([len(s) - 1 for s in ids])
+    y = torch.tensor([bundle.letter_ids[e.label] for e in exs])
+    return x, att, last, y
+
+
+def _answer_logits(bundle: Bundle, x, att, last):
+    """Full-vocabulary logits at each sequence's last real token (right padding; the LM head
+    runs on those positions only)."""
+    import torch
+
+    lm = bundle.model.base_model.model
+    h = lm.model(input_ids=x, attention_mask=att).last_hidden_state
+    return lm.lm_head(h[torch.arange(len(last)), last]).float()
+
+
+def evaluate(bundle: Bundle, examples: list[Example], batch: int = 32) -> dict[str, float]:
+    """Accuracy (argmax over the four answer letters) and mean cross entropy of the answer
+    letter over the full vocabulary."""
+    import torch
+    import torch.nn.functional as F
+
+    bundle.model.eval()
+    correct = 0
+    loss = 0.0
+    letters = torch.tensor(bundle.letter_ids)
+    with torch.inference_mode():
+        for i in range(0, len(examples), batch):
+            exs = examples[i : i + batch]
+            x, att, last, y = _batch(bundle, exs)
+            lg = _answer_logits(bundle, x, att, last)
+            loss += F.cross_entropy(lg, y, reduction="sum").item()
+            pred = lg[:, letters].argmax(-1)
+            correct += int((pred == torch.tensor([e.label for e in exs])).sum())
+    n = max(1, len(examples))
+    return {"accuracy": correct / n, "loss": loss / n}
+
+
+def _trainable(bundle: Bundle, modules) -> list[str]:
+    keys = []
+    for layer, kind in sorted(modules):
+        keys += [adapter_key(layer, kind, "A"), adapter_key(layer, kind, "B")]
+    return keys
+
+
+def batch_order(n: int, steps: int, batch: int, seed: int) -> list[list[int]]:
+    """Example indices per step: seeded reshuffles of the local data, cycled."""
+    rng = np.random.default_rng(seed)
+    out, pool = [], []
+    for _ in range(steps):
+        b = []
+        while len(b) < batch:
+            if not pool:
+                pool = rng.permutation(n).tolist()
+            b.append(pool.pop())
+        out.append(b)
+    return out
+
+
+def local_train(
+    bundle: Bundle,
+    examples: list[Example],
+    modules,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """AdamW on the assigned modules' LoRA A/B for ``steps`` steps; the adapter must already
+    hold the global values. Returns the trained arrays and the mean training loss."""
+    import torch
+    import torch.nn.functional as F
+
+    keys = _trainable(bundle, modules)
+    for p in bundle.params.values():
+        p.requires_grad_(False)
+    train_params = [bundle.params[k] for k in keys]
+    for p in train_params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(train_params, lr=lr, weight_decay=weight_decay)
+    torch.manual_seed(seed)
+    bundle.model.train()
+    losses = []
+    for idx in batch_order(len(examples), steps, batch, seed):
+        x, att, last, y = _batch(bundle, [examples[i] for i in idx])
+        loss = F.cross_entropy(_answer_logits(bundle, x, att, last), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(train_params, max_grad_norm)
+        opt.step()
+        losses.append(float(loss))
+    for p in train_params:
+        p.requires_grad_(False)
+    bundle.model.eval()
+    return get_adapter(bundle, keys), {"train_loss": float(np.mean(losses)) if losses else 0.0}
+
+
+def grad_scores(
+    bundle: Bundle, examples: list[Example], batches: int, batch: int, seed: int
+) -> dict[str, float]:
+    """Fisher-information proxy per module ``"{layer}.{kind}"``: the squared norm of the loss
+    gradient w.r.t. the module's LoRA A and B, summed over ``batches`` probe batches."""
+    import torch.nn.functional as F
+
+    for p in bundle.params.values():
+        p.requires_grad_(True)
+    bundle.model.eval()  # no dropout in the probe
+    scores: dict[str, float] = {}
+    for idx in batch_order(len(examples), batches, batch, seed):
+        x, att, last, y = _batch(bundle, [examples[i] for i in idx])
+        loss = F.cross_entropy(_answer_logits(bundle, x, att, last), y)
+        bundle.model.zero_grad(set_to_none=True)
+        loss.backward()
+        for k, p in bundle.params.items():
+            mod = k.rsplit(".", 1)[0]
+            g = 0.0 if p.grad is None else float(p.grad.pow(2).sum())
+            scores[mod] = scores.get(mod, 0.0) + g
+    for p in bundle.params.values():
+        p.grad = None
+        p.requires_grad_(False)
+    return scores
+
+
+def export_peft(bundle: Bundle, arrays: dict[str, np.ndarray], out_dir: str) -> None:
+    """Write the adapter in PEFT format (adapter_config.json + adapter_model.safetensors);
+    ``peft.PeftModel.from_pretrained(base, out_dir)`` loads it."""
+    set_adapter(bundle, arrays)
+    bundle.model.save_pretrained(out_dir)
