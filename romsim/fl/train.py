@@ -17,16 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from romsim.fl.data import LETTERS, Example
-
-HF_LINEAR = {
-    "q": "self_attn.q_proj",
-    "k": "self_attn.k_proj",
-    "v": "self_attn.v_proj",
-    "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "down": "mlp.down_proj",
-}
+from romsim.functional.torch_ref import HF_LINEAR
 
 _CACHE: dict = {}
 

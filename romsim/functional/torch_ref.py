@@ -15,7 +15,8 @@ from .model import LINEAR_GGUF, unpermute_qk_rows
 
 AGREEMENT_TEXT = Path(__file__).with_name("data") / "agreement_text.txt"
 
-_HF_LINEAR = {
+# Linear kind -> module path inside a transformers LlamaDecoderLayer (shared with romsim.fl).
+HF_LINEAR = {
     "q": "self_attn.q_proj",
     "k": "self_attn.k_proj",
     "v": "self_attn.v_proj",
@@ -43,7 +44,7 @@ def hf_state_dict(g: GGUFModel) -> dict[str, np.ndarray]:
                 w = unpermute_qk_rows(w, hp.n_heads)
             elif kind == "k":
                 w = unpermute_qk_rows(w, hp.n_kv_heads)
-            sd[pre + _HF_LINEAR[kind] + ".weight"] = w
+            sd[pre + HF_LINEAR[kind] + ".weight"] = w
         sd[pre + "input_layernorm.weight"] = dequantize_raw(g.tensor(f"blk.{i}.attn_norm.weight"))
         sd[pre + "post_attention_layernorm.weight"] = dequantize_raw(
             g.tensor(f"blk.{i}.ffn_norm.weight")
