@@ -15,6 +15,7 @@ from romsim.mapping import Mapping
 from romsim.modelspec import ModelSpec
 from romsim.perf.memory import kv_bytes_per_token, lora_bytes, max_context_tokens
 from romsim.perf.model import PerfModel
+from romsim.quant import model_rom_bytes
 from romsim.units import GiB, MiB
 
 
@@ -155,8 +156,6 @@ def estimate(
     kvb = int(total_ctx * kv_bytes_per_token(model, chip))
 
     layers = _per_layer(pm, mid) if per_layer else []
-
-    from romsim.quant import model_rom_bytes
 
     return Estimate(
         chip=chip.name,

@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from romsim.errors import RomsimInputError
 from romsim.modelspec import ATTN_KINDS, LINEAR_KINDS, MLP_KINDS, ModelSpec
 
 QuantKind = Literal["affine", "symmetric", "nf4", "q4_0", "q4_1", "q8_0"]
@@ -129,8 +130,6 @@ class QuantSpec(BaseModel):
 def named_quant(name: str) -> QuantSpec:
     """Short names used on the command line: ``w4g128``, ``w2g64``, ``nf4``, ``q4_1``,
     ``w4attn-w2mlp`` (attention at 4 bits, FFN at 2 bits, g128)."""
-    from romsim.errors import RomsimInputError
-
     n = name.strip().lower()
     if n in _GGUF_FIXED:
         b, g, _, _ = _GGUF_FIXED[n]

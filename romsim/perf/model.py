@@ -133,8 +133,7 @@ class PerfModel:
         hu = d.U * c.h_unit.macs_per_unit_per_cycle
         sram_bw = d.U * c.sram.read_bytes_per_cycle_per_unit
         if decode:
-            pairs_c, pairs_x = 0.0, 1.0  # (query, key) pairs = ctx + 1 (the new token)
-            pairs_c = 1.0
+            pairs_c, pairs_x = 1.0, 1.0  # (query, key) pairs = ctx + 1 (the new token)
             kv_reads_c, kv_reads_x = 1.0, 1.0
         else:
             pairs_c, pairs_x = T * ctx0 + T * (T + 1) / 2, 0.0

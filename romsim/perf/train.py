@@ -38,11 +38,7 @@ def train_step_cost(
     f = chip.clock_hz
     fwd = bwd = 0.0
     for op, n in pm.prefill_ops(seq_len):
-        if op.group in ("lm_head", "sampling", "norm") and op.name in (
-            "lm_head",
-            "sampling",
-            "final_norm",
-        ):
+        if op.name in ("lm_head", "sampling", "final_norm"):
             continue  # loss head handled off the ROM path (C: LoRA fine-tune of decoder layers)
         cyc = n * (op.latency_cycles + max((a for a, _ in op.stages.values()), default=0.0))
         fwd += cyc
