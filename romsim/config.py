@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from romsim.errors import RomsimInputError
+from romsim.errors import RomsimInputError, from_validation_error
 from romsim.modelspec import LINEAR_KINDS
 from romsim.quant import QuantSpec, WeightFormat, named_quant
 
@@ -195,10 +195,6 @@ def _quant_from_toml(q: Any) -> Any:
     return q
 
 
-def _format_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if p not in ("function-after",))
-
-
 def chip_from_dict(data: dict, source: str = "<dict>") -> ChipConfig:
     data = dict(data)
     if "quant" in data:
@@ -206,16 +202,7 @@ def chip_from_dict(data: dict, source: str = "<dict>") -> ChipConfig:
     try:
         return ChipConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = _format_loc(err["loc"]) or "config"
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            rule = "unknown key"
-        else:
-            rule = err["msg"]
-        if isinstance(value, dict):
-            value = "{...}"
-        raise RomsimInputError(field, value, rule, source) from None
+        raise from_validation_error(e, source) from None
 
 
 def presets() -> dict[str, Path]:

@@ -6,6 +6,11 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class RomsimInputError(ValueError):
     """Bad input from a user file or flag."""
@@ -17,3 +22,14 @@ class RomsimInputError(ValueError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{field} = {value!r}: {rule}")
+
+
+def from_validation_error(e: ValidationError, source: str | None = None) -> RomsimInputError:
+    """The first error of a pydantic validation as one line: field path, value, rule."""
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"] if p != "function-after") or "config"
+    value = err.get("input")
+    rule = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    if isinstance(value, dict):
+        value = "{...}"
+    return RomsimInputError(field, value, rule, source)

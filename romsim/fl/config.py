@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from romsim.errors import RomsimInputError
+from romsim.errors import RomsimInputError, from_validation_error
 
 STRATEGIES = ("fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot")
 
@@ -155,13 +155,7 @@ def fl_config_from_dict(data: dict, source: str = "<dict>") -> FLConfig:
     try:
         return FLConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        value = err.get("input")
-        rule = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if isinstance(value, dict):
-            value = "{...}"
-        raise RomsimInputError(field, value, rule, source) from None
+        raise from_validation_error(e, source) from None
 
 
 def load_fl_config(path: str | Path) -> FLConfig:
