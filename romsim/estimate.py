@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from romsim.area.energy import dynamic_energy_j
-from romsim.area.model import area_breakdown_mm2, blocks, leakage_w, unit_shares
+from romsim.area.model import area_breakdown_mm2, blocks, shares_of
 from romsim.config import ChipConfig
 from romsim.errors import RomsimInputError
 from romsim.mapping import Mapping
@@ -63,7 +63,7 @@ def require_rom_fit(model: ModelSpec, chip: ChipConfig, mapping: Mapping) -> Non
     """Raise the one-line input error when the weights cannot be placed in the ROM at all."""
     need_rows = mapping.max_rows_per_cell
     if need_rows > chip.rom.macro_rows:
-        need = need_rows * chip.n_cells * chip.rom.word_bits // 8
+        need = mapping.rom_bytes_needed
         raise RomsimInputError(
             "model",
             model.name,
@@ -79,7 +79,7 @@ def check_fit(
     problems = []
     need_rows = mapping.max_rows_per_cell
     if need_rows > chip.rom.macro_rows:
-        need = need_rows * chip.n_cells * chip.rom.word_bits // 8
+        need = mapping.rom_bytes_needed
         problems.append(
             f"rom: {model.name} at {chip.quant.label()} needs {_gib(need)} of ROM "
             f"({need_rows} rows per cell), the config has {_gib(chip.rom_bytes)} "
@@ -143,12 +143,13 @@ def estimate(
     mid = float(prompt_len + gen_len / 2)
 
     # energy: decode events at the mid context stand for the average token (events are linear)
-    leak_w = leakage_w(chip)
+    bl = blocks(chip)  # area and leakage of every block, computed once
+    leak_w = sum(b.leakage_w for b in bl)
     dyn = dynamic_energy_j(chip, pm.decode_events(mid))
     t_tok = decode_s / gen_len
     e_tok = sum(dyn.values()) + leak_w * t_tok
 
-    area = area_breakdown_mm2(chip)
+    area = {b.name: b.area_mm2 for b in bl}
     mapping = pm.mapping
     total_ctx = prompt_len + gen_len
     problems = check_fit(model, chip, mapping, total_ctx)
@@ -172,7 +173,7 @@ def estimate(
         power_w=e_tok / t_tok,
         area_mm2=sum(area.values()),
         area_breakdown_mm2=area,
-        area_shares=unit_shares(chip),
+        area_shares=shares_of(bl),
         rom_bytes=mapping.rom_bytes_used,
         rom_ideal_bytes=model_rom_bytes(model, chip.quant, chip.placement.lm_head == "rom"),
         rom_capacity_bytes=chip.rom_bytes,
@@ -194,4 +195,4 @@ def estimate(
     )
 
 
-__all__ = ["Estimate", "estimate", "check_fit", "blocks"]
+__all__ = ["Estimate", "estimate", "check_fit", "require_rom_fit"]

@@ -148,6 +148,11 @@ class Mapping:
         return int(self.rows_per_cell.max())
 
     @property
+    def rom_bytes_needed(self) -> int:
+        """ROM the chip would need if every cell were as full as the fullest one."""
+        return self.max_rows_per_cell * self.n_cells * self.chip.rom.word_bits // 8
+
+    @property
     def rom_bytes_used(self) -> int:
         """Physical ROM bytes the image occupies (word padding included)."""
         return int(self.rows_per_cell.sum()) * self.chip.rom.word_bits // 8

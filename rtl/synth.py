@@ -122,6 +122,8 @@ def synth_params(bits: int, **kw) -> CellParams:
     """The representative cell synthesized per bit width: 64-bit words, int8 activations, 32-bit
     accumulator, a 9728-word ROM (the default chip's macro_rows: full-width address counters),
     a tile of 120 groups of a K=576 matrix (SmolLM2 gate/up on the 64-cell test chip)."""
+    from romsim.config import RomConfig
+
     d = dict(
         bits=bits,
         group_size=128,
@@ -131,7 +133,7 @@ def synth_params(bits: int, **kw) -> CellParams:
         n_groups=120,
         ng_row=5,
         kg0=0,
-        depth=9728,
+        depth=RomConfig().macro_rows,
     )
     d.update(kw)
     return CellParams(**d)

@@ -152,7 +152,11 @@ def area_breakdown_mm2(chip: ChipConfig) -> dict[str, float]:
 
 
 def unit_shares(chip: ChipConfig) -> dict[str, float]:
-    bl = blocks(chip)
+    return shares_of(blocks(chip))
+
+
+def shares_of(bl: list[Block]) -> dict[str, float]:
+    """Die-area share of each of the paper's buckets (L-Unit, H-Unit, Vector, Other)."""
     total = sum(b.area_mm2 for b in bl)
     out: dict[str, float] = {}
     for b in bl:
