@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from romsim.errors import RomsimInputError
-from romsim.fl.data import LETTERS, partition, synthetic_dataset, wordnet_dataset
+from romsim.fl.data import partition, synthetic_dataset, wordnet_dataset
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet", "domain"])
@@ -44,12 +44,19 @@ def test_wordnet_task():
         assert "wordnet-base" in str(e)
         pytest.skip("Debian package wordnet-base not installed")
     assert len(ds.train) == 300 and len(ds.test) == 100
-    e = ds.train[0]
-    assert e.prompt.endswith("Answer:") and e.answer in LETTERS
-    assert all(f"{x}. " in e.prompt for x in LETTERS)
+    for e in ds.train[:50]:
+        assert e.prompt.endswith("\nCategory:") and len(set(e.options)) == 4
+        assert all(o.startswith(" ") for o in e.options)
     words = lambda xs: {x.prompt.split("\n")[0] for x in xs}  # noqa: E731
     assert not words(ds.train) & words(ds.test)  # held-out words
     assert len(ds.domains) >= 20
-    # answers are balanced enough that a constant guess scores ~25 %
-    share = max(sum(x.answer == a for x in ds.test) for a in LETTERS) / len(ds.test)
+    # the right option's slot is balanced enough that a constant position scores ~25 %
+    share = max(sum(x.label == k for x in ds.test) for k in range(4)) / len(ds.test)
     assert share < 0.4
+    # ... and so is the answer text: no category is the answer to most items
+    top = max(sum(x.answer == a for x in ds.test) for a in {x.answer for x in ds.test})
+    assert top / len(ds.test) < 0.3
+    w = wordnet_dataset(n_train=50, n_test=20, seed=0, task="word")
+    e = w.test[0]
+    assert e.prompt.startswith("Definition: ") and e.prompt.endswith("\nWord:")
+    assert e.answer.strip() not in e.prompt.lower().split()

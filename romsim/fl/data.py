@@ -2,19 +2,25 @@
 partitions (IID, Dirichlet non-IID over domains, one-domain-per-client) and a small synthetic
 task for unit tests.
 
-The WordNet task ("which word is defined by this gloss?") is four-way multiple choice:
+Both WordNet tasks are four-way closed-answer tasks scored as *cloze* (the way lm-eval-harness
+scores ARC or HellaSwag): the prompt ends with a cue and each option is a continuation; the
+model's choice is the option whose own tokens get the highest summed log-probability. The
+default ("category") task:
+
+    Word: today
+    Meaning: the present time or age
+    Category: time (noun)          <- options: " time (noun)", " location (noun)", ...
+
+and the "word" task ("which word does this gloss define?"):
 
     Definition: a domesticated carnivorous mammal ...
-    A. cat
-    B. dog
-    C. horse
-    D. wolf
-    Answer: B
+    Word: dog                      <- options: " dog", " cat", " horse", " wolf"
 
-The three distractors come from the same lexicographer file as the answer (noun.animal,
-verb.motion, adj.all, ... 45 in all), so every example has a natural *domain*: its lexicographer
-category. The score is the accuracy of the letter with the highest logit among A-D, and the eval
-loss is the cross entropy of the answer letter over the whole vocabulary.
+Distractors come from the same part of speech (category task) or the same lexicographer file
+(word task: noun.animal, verb.motion, adj.all, ... 45 in all), so every example has a natural
+*domain*: its lexicographer category. Answer-letter scoring ("A. cat / B. dog / Answer: B") was
+tried first and dropped: a 135M model learns the letter format but not the binding of letters to
+options (docs/federated.md).
 
 Pure Python + numpy; no torch.
 """
@@ -29,8 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from romsim.errors import RomsimInputError
-
-LETTERS = ("A", "B", "C", "D")
 
 # WordNet 3.0 lexicographer files, by number (lexnames(5WN)); fixed by the WordNet format.
 LEXNAMES = (
@@ -50,13 +54,21 @@ WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/share/Wo
 
 @dataclass(frozen=True)
 class Example:
-    prompt: str  # ends with "Answer:"
-    answer: str  # one of LETTERS
+    """One closed-answer item: ``prompt`` ends with the cue ("Category:"), each option is a
+    continuation of it (leading space included), ``label`` indexes the right one."""
+
+    prompt: str
+    options: tuple[str, ...]
+    label: int
     domain: str
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.label < len(self.options):
+            raise ValueError(f"label {self.label} outside the {len(self.options)} options")
+
     @property
-    def label(self) -> int:
-        return LETTERS.index(self.answer)
+    def answer(self) -> str:
+        return self.options[self.label]
 
 
 @dataclass(frozen=True)
@@ -135,10 +147,8 @@ def make_mc_example(
             distract.append(w)
     slot = rng.randrange(4)
     opts = distract[:slot] + [word] + distract[slot:]
-    lines = [f"Definition: {definition}"]
-    lines += [f"{LETTERS[i]}. {w}" for i, w in enumerate(opts)]
-    lines.append("Answer:")
-    return Example(prompt="\n".join(lines), answer=LETTERS[slot], domain=domain)
+    prompt = f"Definition: {definition}\nWord:"
+    return Example(prompt, tuple(f" {w}" for w in opts), slot, domain)
 
 
 def category_name(lex: str) -> str:
@@ -160,10 +170,8 @@ def make_category_example(
     distract = rng.sample(others, 3)
     slot = rng.randrange(4)
     opts = distract[:slot] + [domain] + distract[slot:]
-    lines = [f"Word: {word}", f"Meaning: {definition}", "Category?"]
-    lines += [f"{LETTERS[i]}. {category_name(d)}" for i, d in enumerate(opts)]
-    lines.append("Answer:")
-    return Example(prompt="\n".join(lines), answer=LETTERS[slot], domain=domain)
+    prompt = f"Word: {word}\nMeaning: {definition}\nCategory:"
+    return Example(prompt, tuple(f" {category_name(d)}" for d in opts), slot, domain)
 
 
 def wordnet_dataset(

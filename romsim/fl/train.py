@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from romsim.fl.data import LETTERS, Example
+from romsim.fl.data import Example
 from romsim.functional.torch_ref import HF_LINEAR
 
 _CACHE: dict = {}
@@ -28,11 +28,8 @@ class ByteTokenizer:
     vocab_size = 260
     pad_id = 0
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        return list((prompt + " ").encode("utf-8"))
-
-    def letter_ids(self) -> list[int]:
-        return [ord(x) for x in LETTERS]
+    def ids(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
 
 
 class GGUFTextTokenizer:
@@ -40,14 +37,8 @@ class GGUFTextTokenizer:
         self.tk = tk
         self.pad_id = tk.eos_id or 0
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        return self.tk.encode(prompt)
-
-    def letter_ids(self) -> list[int]:
-        ids = [self.tk.encode(" " + x) for x in LETTERS]
-        if any(len(i) != 1 for i in ids):
-            raise ValueError(f"answer letters are not single tokens: {ids}")
-        return [i[0] for i in ids]
+    def ids(self, text: str) -> list[int]:
+        return self.tk.encode(text)
 
 
 @dataclass
@@ -60,7 +51,6 @@ class Bundle:
     n_layers: int
     targets: tuple[str, ...]
     digest: str
-    letter_ids: list[int]
 
 
 def adapter_key(layer: int, kind: str, ab: str) -> str:
@@ -147,7 +137,7 @@ def load_bundle(model_cfg, lora_cfg, threads: int = 2) -> Bundle:
             m = mods[f"base_model.model.model.layers.{layer}.{HF_LINEAR[kind]}"]
             params[adapter_key(layer, kind, "A")] = m.lora_A["default"].weight
             params[adapter_key(layer, kind, "B")] = m.lora_B["default"].weight
-    b = Bundle(model, tok, params, n_layers, tuple(lora_cfg.targets), digest, tok.letter_ids())
+    b = Bundle(model, tok, params, n_layers, tuple(lora_cfg.targets), digest)
     _CACHE.clear()
     _CACHE[key] = b
     return b
@@ -185,51 +175,75 @@ def get_adapter(bundle: Bundle, keys=None) -> dict[str, np.ndarray]:
     return {k: bundle.params[k].detach().cpu().numpy().copy() for k in keys}
 
 
-def _batch(bundle: Bundle, exs: list[Example]):
+def _option_logprobs(bundle: Bundle, pairs: list[tuple[str, str]]):
+    """Summed log-probability of each ``continuation`` given its ``prompt`` (one row per pair)
+    and the number of continuation tokens. Prompt and continuation are tokenized apart and
+    concatenated, the same way in training and evaluation; right padding; the LM head runs only
+    on the positions that predict continuation tokens."""
     import torch
 
-    ids = [bundle.tok.prompt_ids(e.prompt) for e in exs]
-    L = max(map(len, ids))
-    x = torch.full((len(ids), L), bundle.tok.pad_id, dtype=torch.long)
-    att = torch.zeros((len(ids), L), dtype=torch.long)
-    for i, s in enumerate(ids):
+    seqs, spans = [], []
+    for prompt, cont in pairs:
+        p, c = bundle.tok.ids(prompt), bundle.tok.ids(cont)
+        if not p or not c:
+            raise ValueError(f"empty prompt or continuation: {prompt!r} / {cont!r}")
+        seqs.append(p + c)
+        spans.append((len(p), len(c)))
+    L = max(map(len, seqs))
+    x = torch.full((len(seqs), L), bundle.tok.pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    rows, pos, tgt = [], [], []
+    for i, s in enumerate(seqs):
         x[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
-    last = torch.tensor([len(s) - 1 for s in ids])
-    y = torch.tensor([bundle.letter_ids[e.label] for e in exs])
-    return x, att, last, y
-
-
-def _answer_logits(bundle: Bundle, x, att, last):
-    """Full-vocabulary logits at each sequence's last real token (right padding; the LM head
-    runs on those positions only)."""
-    import torch
-
+        lp, lc = spans[i]
+        rows += [i] * lc
+        pos += range(lp - 1, lp + lc - 1)  # position t predicts token t + 1
+        tgt += s[lp:]
+    rows_t = torch.tensor(rows)
     lm = bundle.model.base_model.model
     h = lm.model(input_ids=x, attention_mask=att).last_hidden_state
-    return lm.lm_head(h[torch.arange(len(last)), last]).float()
+    logp = lm.lm_head(h[rows_t, torch.tensor(pos)]).float().log_softmax(-1)
+    tok_lp = logp[torch.arange(len(tgt)), torch.tensor(tgt)]
+    total = torch.zeros(len(seqs)).index_add(0, rows_t, tok_lp)
+    return total, torch.tensor([c for _, c in spans])
+
+
+def answer_loss(bundle: Bundle, exs: list[Example]):
+    """Training loss: mean cross entropy per token of the right answer's continuation (SFT on
+    the answer; the prompt is context only)."""
+    lp, n = _option_logprobs(bundle, [(e.prompt, e.answer) for e in exs])
+    return -lp.sum() / n.sum()
 
 
 def evaluate(bundle: Bundle, examples: list[Example], batch: int = 32) -> dict[str, float]:
-    """Accuracy (argmax over the four answer letters) and mean cross entropy of the answer
-    letter over the full vocabulary."""
+    """Cloze accuracy (the option with the highest summed log-probability of its own tokens;
+    ties go to the first) and the eval loss: mean cross entropy per token of the right answer.
+    ``batch`` counts scored sequences (examples x options)."""
     import torch
-    import torch.nn.functional as F
 
     bundle.model.eval()
     correct = 0
-    loss = 0.0
-    letters = torch.tensor(bundle.letter_ids)
+    nll, ntok = 0.0, 0
+    per = max(len(e.options) for e in examples) if examples else 1
+    step = max(1, batch // per)
     with torch.inference_mode():
-        for i in range(0, len(examples), batch):
-            exs = examples[i : i + batch]
-            x, att, last, y = _batch(bundle, exs)
-            lg = _answer_logits(bundle, x, att, last)
-            loss += F.cross_entropy(lg, y, reduction="sum").item()
-            pred = lg[:, letters].argmax(-1)
-            correct += int((pred == torch.tensor([e.label for e in exs])).sum())
-    n = max(1, len(examples))
-    return {"accuracy": correct / n, "loss": loss / n}
+        for i in range(0, len(examples), step):
+            exs = examples[i : i + step]
+            pairs = [(e.prompt, o) for e in exs for o in e.options]
+            lp, n = _option_logprobs(bundle, pairs)
+            j = 0
+            for e in exs:
+                k = len(e.options)
+                scores = lp[j : j + k]
+                correct += int(int(scores.argmax()) == e.label)
+                nll -= float(scores[e.label])
+                ntok += int(n[j + e.label])
+                j += k
+    return {
+        "accuracy": correct / max(1, len(examples)),
+        "loss": nll / max(1, ntok),
+    }
 
 
 def _trainable(bundle: Bundle, modules) -> list[str]:
@@ -267,7 +281,6 @@ def local_train(
     """AdamW on the assigned modules' LoRA A/B for ``steps`` steps; the adapter must already
     hold the global values. Returns the trained arrays and the mean training loss."""
     import torch
-    import torch.nn.functional as F
 
     keys = _trainable(bundle, modules)
     for p in bundle.params.values():
@@ -280,13 +293,12 @@ def local_train(
     bundle.model.train()
     losses = []
     for idx in batch_order(len(examples), steps, batch, seed):
-        x, att, last, y = _batch(bundle, [examples[i] for i in idx])
-        loss = F.cross_entropy(_answer_logits(bundle, x, att, last), y)
+        loss = answer_loss(bundle, [examples[i] for i in idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train_params, max_grad_norm)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     for p in train_params:
         p.requires_grad_(False)
     bundle.model.eval()
@@ -298,15 +310,13 @@ def grad_scores(
 ) -> dict[str, float]:
     """Fisher-information proxy per module ``"{layer}.{kind}"``: the squared norm of the loss
     gradient w.r.t. the module's LoRA A and B, summed over ``batches`` probe batches."""
-    import torch.nn.functional as F
 
     for p in bundle.params.values():
         p.requires_grad_(True)
     bundle.model.eval()  # no dropout in the probe
     scores: dict[str, float] = {}
     for idx in batch_order(len(examples), batches, batch, seed):
-        x, att, last, y = _batch(bundle, [examples[i] for i in idx])
-        loss = F.cross_entropy(_answer_logits(bundle, x, att, last), y)
+        loss = answer_loss(bundle, [examples[i] for i in idx])
         bundle.model.zero_grad(set_to_none=True)
         loss.backward()
         for k, p in bundle.params.items():
