@@ -93,7 +93,6 @@ class DeviceSection(_Strict):
 
 
 class SimulationSection(_Strict):
-    backend: Literal["ray", "inline"] = "ray"
     client_cpus: float = Field(2, gt=0)
     num_cpus: int | None = None
     verbose: bool = False
