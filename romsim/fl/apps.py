@@ -157,9 +157,10 @@ def client_train(msg, context):
         raise RuntimeError(f"injected fault: client {pid} fails in round {rnd}")
     glob = _arrays_in(msg.content["global"])
     set_adapter(bundle, glob)
+    steps = cfg.train.steps_for(len(st["examples"]))
     t0 = time.perf_counter()
     arrays, stats = local_train(
-        bundle, st["examples"], modules, cfg.train.local_steps, cfg.train.batch, cfg.train.lr,
+        bundle, st["examples"], modules, steps, cfg.train.batch, cfg.train.lr,
         seed=_seed(cfg, rnd, pid, 0), weight_decay=cfg.train.weight_decay,
         max_grad_norm=cfg.train.max_grad_norm,
     )  # fmt: skip
@@ -173,7 +174,7 @@ def client_train(msg, context):
         arrays[k] = np.zeros((arrays[k].shape[0] + 1, arrays[k].shape[1]), np.float32)
     down_b, up_b = _nbytes(glob), _nbytes(arrays)
     step_s = dev.step_time_s(modules)
-    compute_s = cfg.train.local_steps * step_s
+    compute_s = steps * step_s
     metrics = {
         "num-examples": float(len(st["examples"])),
         "train_loss": stats["train_loss"],
@@ -185,6 +186,7 @@ def client_train(msg, context):
         "bytes_up": float(up_b),
         "sram_needed_bytes": dev.sram_needed_bytes(modules),
         "sram_capacity_bytes": dev.capacity_bytes,
+        "local_steps": float(steps),
         "host_train_s": host_s,
     }
     reply = RecordDict({"adapter": _arrays_out(arrays), "metrics": MetricRecord(metrics)})

@@ -1,4 +1,4 @@
-"""``romsim fl run --config fl.toml [--resume] [--out DIR]``: a federated QLoRA fine-tune in
+"""``romsim fl run [--config fl.toml] [--resume] [--out DIR]``: a federated QLoRA fine-tune in
 Flower's simulation engine. torch and flwr load only when the command runs."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     fl = subparsers.add_parser("fl", help="federated LoRA fine-tuning over simulated devices")
     sub = fl.add_subparsers(dest="fl_cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) a federated fine-tune from an FL TOML")
-    r.add_argument("--config", required=True, help="FL config TOML (see configs/fl-default.toml)")
+    r.add_argument("--config", help="FL config TOML (default: the built-in default run, the "
+                   "same as configs/fl-default.toml)")  # fmt: skip
     r.add_argument("--out", help="output folder (default: run.out of the config)")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     r.add_argument("--rounds", type=int, help="override run.rounds")
@@ -23,10 +24,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_fl_run(args: argparse.Namespace) -> int:
     import json
 
-    from romsim.fl.config import fl_config_from_dict, load_fl_config
+    from romsim.fl.config import FLConfig, fl_config_from_dict, load_fl_config
     from romsim.fl.runner import run_fl
 
-    cfg = load_fl_config(args.config)
+    cfg = load_fl_config(args.config) if args.config else FLConfig()
     if args.rounds is not None or args.strategy is not None:
         d = cfg.to_dict()
         if args.rounds is not None:

@@ -5,6 +5,7 @@ Every bad value becomes one :class:`RomsimInputError` naming the field, the valu
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -21,10 +22,10 @@ class _Strict(BaseModel):
 
 
 class RunSection(_Strict):
-    name: str = "fl"
+    name: str = "fl-default"
     seed: int = 0
     rounds: int = Field(4, ge=1, le=10000)
-    out: str = "runs/fl"
+    out: str = "runs/fl-default"
 
 
 class ModelSection(_Strict):
@@ -41,8 +42,8 @@ class DataSection(_Strict):
     task: Literal["category", "word"] = "category"
     n_train: int = Field(2400, ge=1)
     n_test: int = Field(400, ge=1)
-    eval_examples: int = Field(200, ge=1, description="held-out examples scored each round")
-    partition: Literal["iid", "dirichlet", "domain"] = "iid"
+    eval_examples: int = Field(160, ge=1, description="held-out examples scored each round")
+    partition: Literal["iid", "dirichlet", "domain"] = "dirichlet"
     alpha: float = Field(0.5, gt=0)
     seed: int = 0
     wordnet_dir: str | None = None
@@ -56,19 +57,27 @@ class LoraSection(_Strict):
 
 
 class TrainSection(_Strict):
-    local_steps: int = Field(8, ge=1)
-    batch: int = Field(8, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    local_steps: int = Field(6, ge=1)
+    # when set, replaces local_steps: each client runs ceil(local_epochs * its examples / batch)
+    local_epochs: float | None = Field(None, gt=0)
+    batch: int = Field(4, ge=1)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     seq_len: int = Field(64, ge=8, description="sequence length the device cost model assumes")
     torch_threads: int = Field(2, ge=1)
     eval_batch: int = Field(32, ge=1)
 
+    def steps_for(self, n_examples: int) -> int:
+        """Local optimizer steps of a client holding ``n_examples`` examples."""
+        if self.local_epochs is None:
+            return self.local_steps
+        return max(1, math.ceil(self.local_epochs * n_examples / self.batch))
+
 
 class StrategySection(_Strict):
-    name: Literal["fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot"] = "fedavg"
-    pattern: Literal["uniform", "triangle", "inverted", "bottleneck"] = "uniform"
+    name: Literal["fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot"] = "fed-pilot"
+    pattern: Literal["uniform", "triangle", "inverted", "bottleneck"] = "triangle"
     fraction: float = Field(1.0, gt=0, le=1, description="share of clients sampled per round")
     score_batches: int = Field(1, ge=1, description="probe batches for gradient-norm scores")
     fim_per_client: bool = False
@@ -107,6 +116,9 @@ class FaultSection(_Strict):
 
 
 class FLConfig(_Strict):
+    """Every default is the documented default run (configs/fl-default.toml; a test keeps the
+    two equal), so ``romsim fl run`` without ``--config`` runs it."""
+
     run: RunSection = RunSection()
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()

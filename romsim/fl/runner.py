@@ -465,12 +465,12 @@ def run_fl(cfg, out: str | None = None, resume: bool = False, progress: bool = T
     """Run ``cfg`` in Flower's simulation engine (embedded, no servers to start)."""
     from romsim.fl import apps
 
+    make_devices(cfg)  # validate devices before touching the output folder or starting Ray
     out_p = Path(out or cfg.run.out)
-    out_p.mkdir(parents=True, exist_ok=True)
     if not resume and (out_p / "checkpoint" / "state.json").exists():
         raise RomsimInputError("--out", str(out_p),
                                "holds a checkpoint: pass --resume to continue it or pick another folder")  # fmt: skip
-    make_devices(cfg)  # validate devices before starting Ray
+    out_p.mkdir(parents=True, exist_ok=True)
     _prepare_env(out_p)
     result: dict = {}
 
