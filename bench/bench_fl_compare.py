@@ -5,12 +5,15 @@ finished runs are reused, interrupted ones resumed.
 
     python bench/bench_fl_compare.py --config configs/fl-default.toml --rounds 3 --steps 4 \
         --out runs/compare            # writes bench/results/fl_compare.{json,md}
+    python bench/bench_fl_compare.py --paired    # then: exact McNemar test of every final
+                                                 # adapter against FedAvg on the same items
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -48,21 +51,78 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar test: ``b`` items only method 1 got right, ``c`` only method 2."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
 def markdown(results: list[dict]) -> str:
+    paired = any("paired" in r for r in results)
     lines = [
-        "| partition | method | accuracy (base) | eval loss (base) | sim. time to final acc. (s) "
-        "| sim. time (s) | device energy (J) | uplink (MB) | layers/client |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| partition | method | accuracy (base → each round) | eval loss (base) "
+        "| sim. time to final acc. (s) "
+        "| sim. time (s) | device energy (J) | uplink (MB) | layers/client |"
+        + (" vs FedAvg: +/- items, McNemar p |" if paired else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else ""),
     ]
     for r in results:
         s = r["summary"]
-        lines.append(
-            f"| {r['partition']} | {r['method']} | {s['accuracy']:.3f} ({s['base_accuracy']:.3f}) "
+        row = (
+            f"| {r['partition']} | {r['method']} "
+            f"| {' → '.join(format(x['accuracy'], '.3f') for x in r['rounds'])} "
             f"| {s['eval_loss']:.3f} ({s['base_eval_loss']:.3f}) | {s['sim_time_to_final_acc_s']:.2f} "
             f"| {s['sim_time_s']:.2f} | {s['energy_j']:.3f} | {s['bytes_up'] / 1e6:.1f} "
             f"| {s['trained_layers_mean']:.1f} |"
         )
+        if paired:
+            p = r.get("paired")
+            row += " – |" if not p or r["strategy"] == "fedavg" else (
+                f" +{p['only_this']} / -{p['only_fedavg']}, p = {p['p']:.2f} |")  # fmt: skip
+        lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+def paired(res_path: Path, out_root: Path, config: str) -> None:
+    """Score every finished run's final global adapter on the same held-out items and compare
+    it item by item with FedAvg on the same partition (exact McNemar test)."""
+    import numpy as np
+
+    from romsim.fl.config import fl_config_from_dict, load_fl_config
+    from romsim.fl.data import load_dataset
+    from romsim.fl.train import load_bundle, predict, set_adapter
+
+    results = json.loads(res_path.with_suffix(".json").read_text())
+    cfg = load_fl_config(config)
+    bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads)
+    right: dict[str, np.ndarray] = {}
+    for r in results:
+        out = out_root / f"{r['partition']}-{r['strategy']}-{r['pattern']}"
+        run_cfg = fl_config_from_dict(json.loads((out / "config.json").read_text()))
+        test = load_dataset(run_cfg.data).test[: run_cfg.data.eval_examples]
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        with np.load(out / "checkpoint" / state["file"], allow_pickle=False) as z:
+            glob = {k[len("global/") :]: z[k] for k in z.files if k.startswith("global/")}
+        set_adapter(bundle, glob)
+        ok = predict(bundle, test, run_cfg.train.eval_batch) == np.array([e.label for e in test])
+        acc = float(ok.mean())
+        if abs(acc - r["summary"]["accuracy"]) > 1e-9:
+            # same bits and batches as the run's own evaluation: should not happen
+            print(f"WARNING {out}: re-scored {acc} != logged {r['summary']['accuracy']}")
+        right[out.name] = ok
+        print(f"{out.name}: {acc:.3f}", flush=True)
+    for r in results:
+        mine = right[f"{r['partition']}-{r['strategy']}-{r['pattern']}"]
+        base = right.get(f"{r['partition']}-fedavg-uniform")
+        if base is None:
+            continue
+        b, c = int((mine & ~base).sum()), int((~mine & base).sum())
+        r["paired"] = {"only_this": b, "only_fedavg": c, "p": mcnemar_p(b, c)}
+    res_path.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    res_path.with_suffix(".md").write_text(markdown(results))
 
 
 DOC_START = "<!-- fl-compare:start -->"
@@ -100,7 +160,12 @@ def main() -> int:
     ap.add_argument("--methods", default="", help="comma-separated labels (default: all)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "fl_compare"))
     ap.add_argument("--fill-docs", action="store_true", help="only write the table into the docs")
+    ap.add_argument("--paired", action="store_true",
+                    help="only re-score the finished runs' adapters: McNemar test vs FedAvg")  # fmt: skip
     a = ap.parse_args()
+    if a.paired:
+        paired(Path(a.results), Path(a.out), a.config)
+        return 0
     if a.fill_docs:
         fill_docs(Path(a.results).with_suffix(".json"), ROOT / "docs" / "federated.md")
         return 0

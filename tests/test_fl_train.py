@@ -48,13 +48,15 @@ def test_option_logprobs_match_unpadded_full_sequence(bundle):
 
 
 def test_evaluate_picks_the_highest_scoring_option_and_reports_answer_nll(bundle):
-    from romsim.fl.train import evaluate
+    from romsim.fl.train import evaluate, predict
 
     ds = synthetic_dataset(n_train=4, n_test=6, seed=3)
     ev = evaluate(bundle, ds.test, batch=8)  # 2 examples x 4 options per forward
+    picks = predict(bundle, ds.test, batch=8)
     correct, nll, ntok = 0, 0.0, 0
-    for e in ds.test:
+    for e, pick in zip(ds.test, picks, strict=True):
         s = [_direct_logprob(bundle, e.prompt, o) for o in e.options]
+        assert pick == np.argmax(s)
         correct += int(np.argmax(s) == e.label)
         nll -= s[e.label]
         ntok += len(bundle.tok.ids(e.answer))

@@ -216,14 +216,12 @@ def answer_loss(bundle: Bundle, exs: list[Example]):
     return -lp.sum() / n.sum()
 
 
-def evaluate(bundle: Bundle, examples: list[Example], batch: int = 32) -> dict[str, float]:
-    """Cloze accuracy (the option with the highest summed log-probability of its own tokens;
-    ties go to the first) and the eval loss: mean cross entropy per token of the right answer.
-    ``batch`` counts scored sequences (examples x options)."""
+def _score(bundle: Bundle, examples: list[Example], batch: int) -> tuple[np.ndarray, float, int]:
+    """Chosen option per example, summed NLL of the right answers and their token count."""
     import torch
 
     bundle.model.eval()
-    correct = 0
+    choices = np.zeros(len(examples), dtype=np.int64)
     nll, ntok = 0.0, 0
     per = max(len(e.options) for e in examples) if examples else 1
     step = max(1, batch // per)
@@ -233,15 +231,28 @@ def evaluate(bundle: Bundle, examples: list[Example], batch: int = 32) -> dict[s
             pairs = [(e.prompt, o) for e in exs for o in e.options]
             lp, n = _option_logprobs(bundle, pairs)
             j = 0
-            for e in exs:
-                k = len(e.options)
-                scores = lp[j : j + k]
-                correct += int(int(scores.argmax()) == e.label)
+            for k, e in enumerate(exs):
+                scores = lp[j : j + len(e.options)]
+                choices[i + k] = int(scores.argmax())
                 nll -= float(scores[e.label])
                 ntok += int(n[j + e.label])
-                j += k
+                j += len(e.options)
+    return choices, nll, ntok
+
+
+def predict(bundle: Bundle, examples: list[Example], batch: int = 32) -> np.ndarray:
+    """Index of the option each example's cloze score picks (ties: the first)."""
+    return _score(bundle, examples, batch)[0]
+
+
+def evaluate(bundle: Bundle, examples: list[Example], batch: int = 32) -> dict[str, float]:
+    """Cloze accuracy (the option with the highest summed log-probability of its own tokens;
+    ties go to the first) and the eval loss: mean cross entropy per token of the right answer.
+    ``batch`` counts scored sequences (examples x options)."""
+    choices, nll, ntok = _score(bundle, examples, batch)
+    labels = np.array([e.label for e in examples], dtype=np.int64)
     return {
-        "accuracy": correct / max(1, len(examples)),
+        "accuracy": float((choices == labels).mean()) if len(examples) else 0.0,
         "loss": nll / max(1, ntok),
     }
 
