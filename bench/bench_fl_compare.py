@@ -93,6 +93,7 @@ def paired(res_path: Path, out_root: Path, config: str) -> None:
 
     from romsim.fl.config import fl_config_from_dict, load_fl_config
     from romsim.fl.data import load_dataset
+    from romsim.fl.runner import read_checkpoint
     from romsim.fl.train import load_bundle, predict, set_adapter
 
     results = json.loads(res_path.with_suffix(".json").read_text())
@@ -103,10 +104,7 @@ def paired(res_path: Path, out_root: Path, config: str) -> None:
         out = out_root / f"{r['partition']}-{r['strategy']}-{r['pattern']}"
         run_cfg = fl_config_from_dict(json.loads((out / "config.json").read_text()))
         test = load_dataset(run_cfg.data).test[: run_cfg.data.eval_examples]
-        state = json.loads((out / "checkpoint" / "state.json").read_text())
-        with np.load(out / "checkpoint" / state["file"], allow_pickle=False) as z:
-            glob = {k[len("global/") :]: z[k] for k in z.files if k.startswith("global/")}
-        set_adapter(bundle, glob)
+        set_adapter(bundle, read_checkpoint(out / "checkpoint")[1])
         ok = predict(bundle, test, run_cfg.train.eval_batch) == np.array([e.label for e in test])
         acc = float(ok.mean())
         if abs(acc - r["summary"]["accuracy"]) > 1e-9:

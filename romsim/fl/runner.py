@@ -101,6 +101,18 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def read_checkpoint(ck: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The last checkpoint in ``ck`` (a run's ``checkpoint/`` folder): its state (round,
+    metrics rows, config digest), the global adapter arrays and the strategy's state arrays."""
+    st = json.loads((ck / "state.json").read_text())
+    arrs = _load_npz(ck / st["file"])
+
+    def part(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix) :]: v for k, v in arrs.items() if k.startswith(prefix)}
+
+    return st, part("global/"), part("planner/")
+
+
 def runtime_from_run_config(run_config) -> dict:
     """Deployment engine: the ServerApp's run config names the FL TOML (``config``), and
     optionally ``out`` and ``resume``."""
@@ -214,14 +226,11 @@ class ServerLoop:
         details: list[dict] = []
         start = 1
         if self.resume and state_path.is_file():
-            st = json.loads(state_path.read_text())
+            st, glob, planner_arrays = read_checkpoint(ck)
             if st["config_digest"] != cdig:
                 raise RomsimInputError("--resume", str(self.out),
                                        "the checkpoint was written by a different config")  # fmt: skip
-            arrs = _load_npz(ck / st["file"])
-            glob = {k[len("global/") :]: v for k, v in arrs.items() if k.startswith("global/")}
-            planner.load_state_arrays({k[len("planner/"):]: v for k, v in arrs.items()
-                                       if k.startswith("planner/")})  # fmt: skip
+            planner.load_state_arrays(planner_arrays)
             rows, details = st["rows"], st["details"]
             start = st["round"] + 1
             log.info("resuming %s after round %d", self.out, st["round"])
