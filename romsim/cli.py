@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import signal
 import sys
 from collections.abc import Callable
 
+from romsim import jsonout
 from romsim.errors import RomsimInputError
 
 EXIT_BAD_INPUT = 2
+MAX_BATCH = 1 << 16  # sequences per training step: far beyond any on-device fine-tune
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"romsim: error: {message}\n")
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
+def _positive_int(name: str, maximum: int | None = None) -> Callable[[str], int]:
     def conv(s: str) -> int:
         try:
             v = int(s)
@@ -28,6 +29,8 @@ def _positive_int(name: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{name} = {s!r}: must be an integer") from None
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} = {v}: must be >= 1")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"{name} = {v}: must be <= {maximum}")
         return v
 
     return conv
@@ -39,12 +42,27 @@ def _load_design(args: argparse.Namespace):
     from romsim.quant import named_quant
 
     chip = load_chip(args.config or args.preset)
-    if args.quant:
+    if args.quant is not None:
         chip = chip.model_copy(update={"quant": named_quant(args.quant)})
     if args.lora_rank is not None:
         chip = chip.with_overrides(**{"lora.rank": args.lora_rank})
     model = load_model(args.model or chip.model)
     return model, chip
+
+
+def _check_context(model, **lengths: int) -> None:
+    """The tokens a run holds must fit the model's context (``max_position_embeddings``);
+    this also bounds the per-token arrays the estimate allocates."""
+    total = sum(lengths.values())
+    if total > model.max_position_embeddings:
+        names = " + ".join(f"--{k.replace('_', '-')}" for k in lengths)
+        shown = " + ".join(str(v) for v in lengths.values())
+        raise RomsimInputError(
+            names,
+            shown,
+            f"must be <= {model.name}'s context of {model.max_position_embeddings} tokens "
+            "(max_position_embeddings)",
+        )
 
 
 def _add_design_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +76,7 @@ def _add_design_args(p: argparse.ArgumentParser) -> None:
         "--model", help="shipped model name or a LLaMA-style config.json (default: the chip's)"
     )
     p.add_argument("--quant", help="weight format, e.g. w4g128, w2g128, w4attn-w2mlp, nf4, q4_1")
-    p.add_argument("--lora-rank", type=int, help="LoRA rank (0: no LoRA)")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (0: no LoRA, at most 4096)")
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -66,17 +84,20 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from romsim.perf.model import PerfModel
 
     model, chip = _load_design(args)
+    _check_context(model, prompt_len=args.prompt_len, gen_len=args.gen_len)
     pm = PerfModel(model, chip)
     if not args.allow_unfit:
         require_rom_fit(model, chip, pm.mapping)
     est = estimate(model, chip, args.prompt_len, args.gen_len, per_layer=True, perf=pm)
     if args.json:
-        print(json.dumps(est.to_dict(), indent=None if args.compact else 2))
-        return 0
-    from romsim.report import print_estimate
+        print(jsonout.dumps(est.to_dict(), indent=None if args.compact else 2))
+    else:
+        from romsim.report import print_estimate
 
-    print_estimate(est, chip, detail=args.detail)
+        print_estimate(est, chip, detail=args.detail)
     if not est.fits and args.strict:
+        print(f"romsim: error: --strict: the run does not fit: {'; '.join(est.fit_problems)}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
     return 0
 
@@ -86,10 +107,11 @@ def cmd_train_step(args: argparse.Namespace) -> int:
     from romsim.perf.train import train_step_cost
 
     model, chip = _load_design(args)
+    _check_context(model, seq_len=args.seq_len)
     cost = train_step_cost(PerfModel(model, chip), args.batch, args.seq_len)
     d = cost.__dict__
     if args.json:
-        print(json.dumps(d, indent=2))
+        print(jsonout.dumps(d, indent=2))
     else:
         from rich.console import Console
         from rich.table import Table
@@ -106,17 +128,18 @@ def cmd_train_step(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from romsim.paths import check_output_file, write_text_atomic
     from romsim.validation import render_document, render_markdown, validation_rows
 
+    if args.write:
+        check_output_file(args.write, "--write")  # before the work, so nothing is lost
     rows = validation_rows()
     md = render_markdown(rows)
     if args.write:
-        from pathlib import Path
-
-        Path(args.write).write_text(render_document(rows))
+        write_text_atomic(args.write, render_document(rows))
         print(f"wrote {args.write}")
     if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        print(jsonout.dumps([r.__dict__ for r in rows], indent=2))
     elif not args.write:
         print(md)
     bad = [r for r in rows if r.target_pct is not None and abs(r.error_pct) > r.target_pct]
@@ -162,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-step", help="cost and SRAM of one LoRA training step")
     _add_design_args(t)
-    t.add_argument("--batch", type=_positive_int("--batch"), default=4)
+    t.add_argument("--batch", type=_positive_int("--batch", MAX_BATCH), default=4)
     t.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_step)
@@ -202,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"romsim: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # a file the OS refused (disk full, permissions changed mid-run)
+        if args.debug or e.filename is None:
+            raise
+        print(f"romsim: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("romsim: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

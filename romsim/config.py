@@ -15,16 +15,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from romsim.errors import RomsimInputError, from_validation_error
 from romsim.modelspec import LINEAR_KINDS
+from romsim.paths import read_user_text
 from romsim.quant import QuantSpec, WeightFormat, named_quant
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and +-inf are refused everywhere: a non-finite chip value has no physical meaning.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Upper bounds: physical plausibility limits, each far above any published design, so that a
+# typo (1e18 MACs, a 10**9-cycle latency) is refused instead of printed as a result. Each bounded
+# field's description says why (the one-line error quotes it).
+MAX_LATENCY_CYCLES = 1 << 16
+WHY_LATENCY = "no on-chip op, hop or barrier takes 65k cycles; even a DRAM access takes ~100s"
+MAX_LANES = 1 << 16
+WHY_LANES = "a TPU v4 MXU has 16,384 MACs; this allows 4x that per unit"
+MAX_PORT_BYTES = 1 << 12
+WHY_PORT = "32 kbit per cycle per unit port, 16x ROMA's 2048-bit links"
+MAX_SRAM_BYTES = 64 << 30
+WHY_SRAM = "Cerebras WSE-3 holds 44 GB of SRAM on a whole wafer"
 
 
 class TechConfig(_Strict):
     process_nm: Literal[5, 6, 7, 12, 16, 28] = 7
-    clock_hz: float = Field(500e6, gt=0, le=5e9)
+    clock_hz: float = Field(
+        500e6,
+        ge=1e6,
+        le=6e9,
+        description="1 MHz .. 6 GHz (the fastest shipped CPUs boost to ~6 GHz)",
+    )
 
 
 class MeshConfig(_Strict):
@@ -32,7 +52,9 @@ class MeshConfig(_Strict):
 
     rows: int = Field(17, ge=1, le=1024)
     cols: int = Field(16, ge=1, le=1024)
-    vector_rows: int = Field(1, ge=0)
+    vector_rows: int = Field(
+        1, ge=1, description="norms, softmax and activations run on vector units: at least one row"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MeshConfig:
@@ -57,7 +79,7 @@ class RomConfig(_Strict):
     word_bits: int = Field(64, ge=8, le=1024, description="bits per ROM word = read width")
     reads_per_cycle: int = Field(1, ge=1, le=8)
     bank_rows: int = Field(
-        1216, ge=16, description="rows per physical sub-macro (sets array efficiency)"
+        1216, ge=16, le=1 << 20, description="rows per physical sub-macro (sets array efficiency)"
     )
 
     @property
@@ -84,19 +106,27 @@ class FusedCellConfig(_Strict):
 class HUnitConfig(_Strict):
     """High-precision compute beside each matrix unit: LoRA and attention."""
 
-    macs_per_unit_per_cycle: int = Field(256, ge=1)
-    op_latency_cycles: int = Field(8, ge=0)
-    sfu_lanes_per_unit: int = Field(16, ge=1, description="exp lanes for softmax")
-    token_block: int = Field(64, ge=1, description="tokens sharing one fetch of LoRA/KV data")
+    macs_per_unit_per_cycle: int = Field(256, ge=1, le=MAX_LANES, description=WHY_LANES)
+    op_latency_cycles: int = Field(8, ge=0, le=MAX_LATENCY_CYCLES, description=WHY_LATENCY)
+    sfu_lanes_per_unit: int = Field(
+        16, ge=1, le=MAX_LANES, description=f"exp lanes for softmax; {WHY_LANES}"
+    )
+    token_block: int = Field(
+        64, ge=1, le=1 << 16, description="tokens sharing one fetch of LoRA/KV data"
+    )
 
 
 class SramConfig(_Strict):
-    lora_kv_bytes: int = Field(288 << 20, ge=0, description="LoRA adapters + KV cache")
-    act_bytes: int = Field(16 << 20, ge=0, description="activations / scratch")
-    read_bytes_per_cycle_per_unit: int = Field(64, ge=1)
-    write_bytes_per_cycle_per_unit: int = Field(64, ge=1)
+    lora_kv_bytes: int = Field(
+        288 << 20, ge=0, le=MAX_SRAM_BYTES, description=f"LoRA adapters + KV cache; {WHY_SRAM}"
+    )
+    act_bytes: int = Field(
+        16 << 20, ge=0, le=MAX_SRAM_BYTES, description=f"activations / scratch; {WHY_SRAM}"
+    )
+    read_bytes_per_cycle_per_unit: int = Field(64, ge=1, le=MAX_PORT_BYTES, description=WHY_PORT)
+    write_bytes_per_cycle_per_unit: int = Field(64, ge=1, le=MAX_PORT_BYTES, description=WHY_PORT)
     kv_bits: int = Field(8, ge=4, le=16, description="KV cache element bits")
-    kv_group: int = Field(8, ge=1, description="KV elements sharing one exponent")
+    kv_group: int = Field(8, ge=1, le=4096, description="KV elements sharing one exponent")
     kv_exp_bits: int = Field(8, ge=0, le=16)
 
     @property
@@ -107,28 +137,38 @@ class SramConfig(_Strict):
 class AreaConfig(_Strict):
     """Layout choices that only the area model sees."""
 
-    h_sram_macro_rows: int = Field(16384, ge=128, description="depth of LoRA/KV SRAM macros")
-    act_sram_macro_rows: int = Field(4096, ge=128, description="depth of activation SRAM macros")
-    unit_buffer_bytes: int = Field(16384, ge=0, description="activation buffer per matrix unit")
+    h_sram_macro_rows: int = Field(
+        16384, ge=128, le=1 << 20, description="depth of LoRA/KV SRAM macros"
+    )
+    act_sram_macro_rows: int = Field(
+        4096, ge=128, le=1 << 20, description="depth of activation SRAM macros"
+    )
+    unit_buffer_bytes: int = Field(
+        16384, ge=0, le=1 << 30, description="activation buffer per matrix unit"
+    )
     control_io_fraction: float = Field(0.045, ge=0, lt=1, description="control, clocking, IO")
 
 
 class VectorConfig(_Strict):
-    lanes_per_unit: int = Field(64, ge=1)
-    sfu_lanes_per_unit: int = Field(16, ge=1, description="exp/rsqrt/sigmoid lanes")
-    op_latency_cycles: int = Field(12, ge=0)
+    lanes_per_unit: int = Field(64, ge=1, le=MAX_LANES, description=WHY_LANES)
+    sfu_lanes_per_unit: int = Field(
+        16, ge=1, le=MAX_LANES, description=f"exp/rsqrt/sigmoid lanes; {WHY_LANES}"
+    )
+    op_latency_cycles: int = Field(12, ge=0, le=MAX_LATENCY_CYCLES, description=WHY_LATENCY)
 
 
 class InterconnectConfig(_Strict):
-    link_bytes_per_cycle: int = Field(32, ge=1)
-    hop_latency_cycles: int = Field(2, ge=0)
-    sync_cycles_per_op: int = Field(0, ge=0, description="barrier/handshake per mesh-wide op")
+    link_bytes_per_cycle: int = Field(32, ge=1, le=MAX_PORT_BYTES, description=WHY_PORT)
+    hop_latency_cycles: int = Field(2, ge=0, le=MAX_LATENCY_CYCLES, description=WHY_LATENCY)
+    sync_cycles_per_op: int = Field(
+        0, ge=0, le=MAX_LATENCY_CYCLES, description=f"barrier per mesh-wide op; {WHY_LATENCY}"
+    )
 
 
 class LoraConfig(_Strict):
     rank: int = Field(16, ge=0, le=4096)
-    alpha: float = 32.0
-    targets: tuple[str, ...] = LINEAR_KINDS
+    alpha: float = Field(32.0, gt=0, le=1e6)
+    targets: tuple[str, ...] = Field(LINEAR_KINDS, min_length=1)
     weight_bits: Literal[8, 16, 32] = 8
 
     @model_validator(mode="after")
@@ -136,6 +176,8 @@ class LoraConfig(_Strict):
         for t in self.targets:
             if t not in LINEAR_KINDS:
                 raise ValueError(f"unknown LoRA target {t!r}; allowed: {', '.join(LINEAR_KINDS)}")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"LoRA targets repeat a layer: {list(self.targets)}")
         return self
 
 
@@ -192,17 +234,24 @@ def _quant_from_toml(q: Any) -> Any:
     """TOML may give ``quant = "w4g128"`` or a table with default/overrides."""
     if isinstance(q, str):
         return named_quant(q).model_dump()
+    if not isinstance(q, dict):
+        raise RomsimInputError(
+            "quant", q, 'must be a format name (quant = "w4g128") or a table [quant]'
+        )
     return q
 
 
 def chip_from_dict(data: dict, source: str = "<dict>") -> ChipConfig:
     data = dict(data)
     if "quant" in data:
-        data["quant"] = _quant_from_toml(data["quant"])
+        try:
+            data["quant"] = _quant_from_toml(data["quant"])
+        except RomsimInputError as e:
+            raise RomsimInputError(e.field, e.value, e.rule, e.source or source) from None
     try:
         return ChipConfig.model_validate(data)
     except ValidationError as e:
-        raise from_validation_error(e, source) from None
+        raise from_validation_error(e, source, ChipConfig) from None
 
 
 def presets() -> dict[str, Path]:
@@ -221,17 +270,17 @@ def load_chip(path_or_preset: str) -> ChipConfig:
         path = ps[path_or_preset]
     else:
         path = Path(path_or_preset)
-        if not path.is_file():
+        if not path.exists():
             raise RomsimInputError(
                 "config", path_or_preset, f"is neither a preset ({', '.join(ps)}) nor a file"
             )
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_user_text(path, "config", "TOML"))
     except tomllib.TOMLDecodeError as e:
         raise RomsimInputError("config", str(path), f"is not valid TOML ({e})") from None
     base = data.pop("base", None)
     if base is not None:
-        if base not in ps:
+        if not isinstance(base, str) or base not in ps:
             raise RomsimInputError("base", base, f"must name a preset ({', '.join(ps)})", str(path))
         merged = _deep_merge(tomllib.loads(ps[base].read_text()), data)
         merged.pop("base", None)

@@ -24,12 +24,33 @@ class RomsimInputError(ValueError):
         super().__init__(f"{where}{field} = {value!r}: {rule}")
 
 
-def from_validation_error(e: ValidationError, source: str | None = None) -> RomsimInputError:
-    """The first error of a pydantic validation as one line: field path, value, rule."""
+_BOUND_ERRORS = {"less_than", "less_than_equal", "greater_than", "greater_than_equal"}
+
+
+def _field_description(model: type | None, loc: tuple) -> str | None:
+    """The ``description`` of the pydantic field at ``loc`` (nested models followed)."""
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    return info.description if info is not None else None
+
+
+def from_validation_error(
+    e: ValidationError, source: str | None = None, model: type | None = None
+) -> RomsimInputError:
+    """The first error of a pydantic validation as one line: field path, value, rule. With the
+    validated ``model`` class, a bound's rule also gives the field's description (its reason)."""
     err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if p != "function-after") or "config"
+    loc = tuple(p for p in err["loc"] if p != "function-after")
+    field = ".".join(str(p) for p in loc) or "config"
     value = err.get("input")
     rule = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    if err["type"] in _BOUND_ERRORS and (why := _field_description(model, loc)):
+        rule = f"{rule} ({why})"
     if isinstance(value, dict):
         value = "{...}"
     return RomsimInputError(field, value, rule, source)

