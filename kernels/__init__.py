@@ -2,7 +2,8 @@
 
 Numba reference kernels for what the accelerator computes (no torch):
 
-* :mod:`romsim.kernels.bitpack` -- the ROM word layout (codes, metadata, GGUF blocks).
+* :mod:`romsim.kernels.bitpack` -- GGUF blocks <-> ROM words and the affine quantizer (the word
+  layout itself is :mod:`romsim.rom.layout`).
 * :mod:`romsim.kernels.qmatmul` -- quantized GEMV/GEMM from ROM words, int (bit-exact, golden)
   and float paths, block-floating-point activation quantizer.
 * :mod:`romsim.kernels.ops` -- RMSNorm, RoPE, SiLU gate, GQA attention, softmax, LoRA, sampling.

@@ -12,7 +12,8 @@ Two datapaths (see docs/kernels.md for the rounding rules and the int32 accumula
   reassociated for speed (``s*sum(q*x) + c*sum(x)`` per group, ``c = -s*z`` or the Q4_1 min);
   equal to dequantize-then-dot up to fp32 rounding. :func:`dequantize` gives the fp32 weights.
 
-A weight tensor is a :class:`QTensor`; layouts are documented in :mod:`romsim.kernels.bitpack`.
+A weight tensor is a :class:`QTensor`; its words follow :mod:`romsim.rom.layout` (64-bit words),
+GGUF blocks :mod:`romsim.kernels.bitpack`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
+
+from romsim.rom.layout import KERNEL_WORD_BITS, RomLayout
 
 from . import bitpack as bp
 
@@ -73,10 +76,13 @@ class QTensor:
         return LAYOUT_STREAM
 
     @property
+    def rom_layout(self) -> RomLayout:
+        """The word layout of ``words``/``meta`` (:mod:`romsim.rom.layout`, 64-bit words)."""
+        return _layout(self.kind, self.bits, self.group_size)
+
+    @property
     def group_bytes(self) -> int:
-        if self.kind in bp.GGUF_KINDS:
-            return bp.GGUF_QS_BYTES[self.kind]
-        return bp.words_per_group(self.group_size, self.bits) * 8
+        return self.rom_layout.group_bytes
 
     @property
     def has_min(self) -> bool:
@@ -106,14 +112,15 @@ class QTensor:
     ) -> QTensor:
         n, k = codes.shape
         ng = bp.n_groups(k, group_size)
-        words = bp.pack_codes(codes, bits, group_size)
+        lay = _layout(kind, bits, group_size)
+        words = lay.pack_codes(codes)
         s16 = np.asarray(scale_fp16, np.float16).reshape(n, ng)
         if kind == "symmetric":
-            meta = bp.pack_meta(s16, None, 0)
+            meta = lay.pack_meta(s16, None)
             z = np.full((n, ng), 1 << (bits - 1), np.int32)
         else:
             z = np.asarray(zero).reshape(n, ng).astype(np.int32)
-            meta = bp.pack_meta(s16, z, bits)
+            meta = lay.pack_meta(s16, z)
         return cls(
             kind,
             bits,
@@ -149,8 +156,11 @@ class QTensor:
         words = np.ascontiguousarray(words, np.uint64)
         meta = np.ascontiguousarray(meta, np.uint64)
         zeros_f = np.zeros((n, ng), np.float32)
+        if kind not in KINDS:
+            raise ValueError(f"unsupported kind {kind!r}; supported: {', '.join(KINDS)}")
+        lay = _layout(kind, bits, group_size)
         if kind == "q4_1":
-            d, mb = bp.unpack_meta(meta, count, 16)
+            d, mb = lay.unpack_meta(meta, count)
             mn = mb.astype(np.uint16).view(np.float16).astype(np.float32).reshape(n, ng)
             return cls(
                 kind,
@@ -165,19 +175,17 @@ class QTensor:
                 mn,
             )
         if kind in ("q4_0", "q8_0"):
-            d, _ = bp.unpack_meta(meta, count, 0)
+            d, _ = lay.unpack_meta(meta, count)
             z = np.full((n, ng), 8 if kind == "q4_0" else 0, np.int32)
             return cls(
                 kind, bits, 32, n, k, words, meta, d.astype(np.float32).reshape(n, ng), z, zeros_f
             )
         if kind == "symmetric":
-            s, _ = bp.unpack_meta(meta, count, 0)
+            s, _ = lay.unpack_meta(meta, count)
             z = np.full((n, ng), 1 << (bits - 1), np.int32)
-        elif kind == "affine":
-            s, zz = bp.unpack_meta(meta, count, bits)
+        else:  # affine
+            s, zz = lay.unpack_meta(meta, count)
             z = zz.astype(np.int32).reshape(n, ng)
-        else:
-            raise ValueError(f"unsupported kind {kind!r}; supported: {', '.join(KINDS)}")
         return cls(
             kind,
             bits,
@@ -194,15 +202,21 @@ class QTensor:
     def codes(self) -> np.ndarray:
         """Element-ordered codes ``[n, k]`` (int16; Q8_0 signed), unpacked with numpy."""
         if self.layout == LAYOUT_STREAM:
-            return bp.unpack_codes(self.words, self.bits, self.group_size, self.n, self.k).astype(
-                np.int16
-            )
+            return self.rom_layout.unpack_codes(self.words, self.n, self.k).astype(np.int16)
         by = self.code_bytes().reshape(self.n, self.n_groups, self.group_bytes)
         if self.layout == LAYOUT_Q8:
             return by.view(np.int8).astype(np.int16).reshape(self.n, self.k)
         lo = (by & 15).astype(np.int16)
         hi = (by >> 4).astype(np.int16)
         return np.concatenate([lo, hi], axis=2).reshape(self.n, self.k)
+
+
+def _layout(kind: str, bits: int, group_size: int) -> RomLayout:
+    """The 64-bit-word :class:`RomLayout` of a kernel tensor kind (GGUF kinds fixed)."""
+    if kind in bp.GGUF_KINDS:
+        return bp.gguf_layout(kind)
+    zero_bits = bits if kind == "affine" else 0
+    return RomLayout(bits, group_size, zero_bits, 16, KERNEL_WORD_BITS)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ are dealt to the chip's C cells in contiguous runs: every cell gets ``G // C`` g
 run of "extra" cells starts where the previous matrix's run ended), so over a whole model every
 cell holds the same number of groups to within one per format. Cell ``c`` holds the groups
 ``[start, stop)`` of each matrix, in matrix execution order, each group word-aligned, followed by
-the matrix's metadata words.
+the run's metadata words; the word counts come from :class:`romsim.rom.layout.RomLayout` (rule 6
+there: ``rom_rows(n) = n * words_per_group + ceil(n / metas_per_word) * words_per_meta``).
 
 The performance model charges a matrix the cycles of its busiest cell; the ROM image lays words
 out exactly this way; the RTL holds one cell's run of one matrix.
@@ -23,6 +24,7 @@ import numpy as np
 from romsim.config import ChipConfig
 from romsim.modelspec import LINEAR_KINDS, ModelSpec
 from romsim.quant import WeightFormat
+from romsim.rom.layout import RomLayout
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,29 @@ class MatrixTiles:
     def max_groups_per_cell(self) -> int:
         return self.base + (1 if self.extra else 0)
 
+    @cached_property
+    def layout(self) -> RomLayout:
+        """The matrix's ROM word layout at the chip's word width."""
+        return RomLayout.for_format(self.fmt, self.word_bits)
+
     @property
     def words_per_group(self) -> int:
-        return self.fmt.words_per_group(self.word_bits)
+        return self.layout.words_per_group
 
     @property
     def metas_per_word(self) -> int:
-        return self.fmt.metas_per_word(self.word_bits)
+        return self.layout.metas_per_word
 
     def rom_rows(self, n_groups: int | np.ndarray) -> int | np.ndarray:
         """ROM words a cell needs for ``n_groups`` groups of this matrix (codes + metadata)."""
-        return n_groups * self.words_per_group - (-n_groups // self.metas_per_word)
+        return self.layout.rom_rows(n_groups)
+
+    @property
+    def total_rom_rows(self) -> int:
+        """ROM words of the whole matrix over all cells (each cell pads its own metadata):
+        the words the image holds (``rows_per_cell`` sums these)."""
+        n, e, b = self.n_cells, self.extra, self.base
+        return (n - e) * int(self.rom_rows(b)) + e * int(self.rom_rows(b + 1))
 
     def groups_in_cell(self, cell: int) -> int:
         return self.base + (1 if (cell - self.rot) % self.n_cells < self.extra else 0)
@@ -126,13 +140,10 @@ class Mapping:
         """ROM words each cell uses (vectorized over matrices and cells with a difference array)."""
         n = self.n_cells
         ms = self.matrices
-        base = np.array([m.base for m in ms], dtype=np.int64)
         extra = np.array([m.extra for m in ms], dtype=np.int64)
         rot = np.array([m.rot for m in ms], dtype=np.int64)
-        wpg = np.array([m.words_per_group for m in ms], dtype=np.int64)
-        mpw = np.array([m.metas_per_word for m in ms], dtype=np.int64)
-        lo = base * wpg - (-base // mpw)
-        hi = (base + 1) * wpg - (-(base + 1) // mpw)
+        lo = np.array([m.rom_rows(m.base) for m in ms], dtype=np.int64)
+        hi = np.array([m.rom_rows(m.base + 1) for m in ms], dtype=np.int64)
         d = np.where(extra > 0, hi - lo, 0)
         end = rot + extra
         wrap = end > n

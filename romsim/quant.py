@@ -13,15 +13,14 @@ Kinds
 - ``q4_0``, ``q4_1``, ``q8_0``  the GGUF block layouts of llama.cpp (32 weights per block;
                 fp16 d; q4_1 adds an fp16 minimum m: w = d*q + m).
 
-ROM word layout (shared by the mapping, the ROM image, the kernels and the RTL): a group's codes
-are a little-endian bit stream, code i at bit ``i*bits``, packed into ``word_bits``-wide ROM
-words; every group starts on a word boundary, so a group takes ``ceil(group_size*bits/word_bits)``
-words. Metadata of ``floor(word_bits / (scale_bits+zero_bits))`` groups shares one word.
+ROM word layout: defined once in :mod:`romsim.rom.layout` (:class:`~romsim.rom.layout.RomLayout`),
+which the mapping, the performance model, the ROM image, the kernels and the RTL all use;
+:meth:`WeightFormat.words_per_group` and :meth:`WeightFormat.metas_per_word` ask it.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -77,10 +76,16 @@ class WeightFormat(BaseModel):
         return self.bits + self.meta_bits / self.group_size
 
     def words_per_group(self, word_bits: int) -> int:
-        return math.ceil(self.group_size * self.bits / word_bits)
+        """ROM words of one group's codes (:attr:`romsim.rom.layout.RomLayout.words_per_group`)."""
+        from romsim.rom.layout import RomLayout
+
+        return RomLayout.for_format(self, word_bits).words_per_group
 
     def metas_per_word(self, word_bits: int) -> int:
-        return max(1, word_bits // self.meta_bits)
+        """Metadata fields per ROM word (:attr:`romsim.rom.layout.RomLayout.metas_per_word`)."""
+        from romsim.rom.layout import RomLayout
+
+        return RomLayout.for_format(self, word_bits).metas_per_word
 
     def label(self) -> str:
         if self.kind == "affine":
@@ -127,43 +132,46 @@ class QuantSpec(BaseModel):
         return ",".join(parts)
 
 
+_NAMED_FORMS = (
+    "wB (e.g. w4), wBgG (w4g128), wBgGs (symmetric), wBattn-wBmlp (w4attn-w2mlp, each part may "
+    "carry gG), nf4, q4_0, q4_1, q8_0"
+)
+_RE_PLAIN = re.compile(r"w(\d+)(?:g(\d+))?(s?)")
+_RE_SPLIT = re.compile(r"w(\d+)(?:g(\d+))?(s?)attn-w(\d+)(?:g(\d+))?(s?)mlp")
+
+
+def _format(name: str, bits: str, group: str | None, sym: str) -> WeightFormat:
+    try:
+        return WeightFormat(
+            kind="symmetric" if sym else "affine",
+            bits=int(bits),
+            group_size=int(group) if group else 128,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "format"
+        raise RomsimInputError("quant", name, f"{field}: {err['msg']}") from None
+
+
 def named_quant(name: str) -> QuantSpec:
-    """Short names used on the command line: ``w4g128``, ``w2g64``, ``nf4``, ``q4_1``,
-    ``w4attn-w2mlp`` (attention at 4 bits, FFN at 2 bits, g128)."""
+    """Short names used on the command line and in chip files: ``w4g128``, ``w2g64``,
+    ``w4g128s`` (symmetric), ``nf4``, ``q4_1``, ``w4attn-w2mlp`` (attention at 4 bits, FFN at 2
+    bits, g128; ``w4g64attn-w2g128mlp`` names each group size). Anything else is refused."""
+    if not isinstance(name, str):
+        raise RomsimInputError("quant", name, f"must be a string of the form {_NAMED_FORMS}")
     n = name.strip().lower()
     if n in _GGUF_FIXED:
         b, g, _, _ = _GGUF_FIXED[n]
         return QuantSpec(default=WeightFormat(kind=n, bits=b, group_size=g))
     if n == "nf4":
         return QuantSpec(default=WeightFormat(kind="nf4", bits=4, group_size=64))
-    if n.startswith("w") and "attn-w" in n and n.endswith("mlp"):
-        a, f = n[1:].split("attn-w")
-        return QuantSpec(
-            default=WeightFormat(bits=int(a)),
-            overrides={"attn": WeightFormat(bits=int(a)), "mlp": WeightFormat(bits=int(f[:-3]))},
-        )
-    if n.startswith("w"):
-        body = n[1:]
-        sym = body.endswith("s")
-        body = body.rstrip("s")
-        bits_s, _, g_s = body.partition("g")
-        try:
-            return QuantSpec(
-                default=WeightFormat(
-                    kind="symmetric" if sym else "affine",
-                    bits=int(bits_s),
-                    group_size=int(g_s) if g_s else 128,
-                )
-            )
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or "format"
-            raise RomsimInputError("quant", name, f"{field}: {err['msg']}") from None
-        except ValueError:
-            raise RomsimInputError("quant", name, "not of the form wBgG (e.g. w4g128)") from None
-    raise RomsimInputError(
-        "quant", name, "unknown format; use wBgG (e.g. w4g128), wBattn-wBmlp, nf4, q4_0, q4_1, q8_0"
-    )
+    if m := _RE_PLAIN.fullmatch(n):
+        return QuantSpec(default=_format(name, *m.groups()))
+    if m := _RE_SPLIT.fullmatch(n):
+        attn = _format(name, *m.groups()[:3])
+        mlp = _format(name, *m.groups()[3:])
+        return QuantSpec(default=attn, overrides={"attn": attn, "mlp": mlp})
+    raise RomsimInputError("quant", name, f"unknown format; use {_NAMED_FORMS}")
 
 
 def linear_weight_bits(model: ModelSpec, quant: QuantSpec) -> float:

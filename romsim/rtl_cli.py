@@ -10,10 +10,56 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from romsim.errors import RomsimInputError
+from romsim.rom.layout import PACKABLE_WORD_BITS
 
 STYLES = ("fused", "conventional")
+# Bounds on the flags, checked by argparse before anything is built or allocated:
+# - ROM rows: romsim.config.RomConfig.macro_rows' own maximum (a cell's ROM is one macro).
+MAX_ROWS = 1 << 20
+# - tokens per start: the row-block captures a start's outputs in one port of
+#   max_tokens x groups x (acc_bits + 16) bits (and as many fp32 partials); 64 tokens of a
+#   120-group tile is already a 368 kbit port.
+MAX_TOKENS = 64
+# - synth word width: romsim.config.RomConfig.word_bits' range (8 .. 1024 bits).
+SYNTH_WORD_BITS = (8, 1024)
+# - accumulator bits: romsim.config.FusedCellConfig.acc_bits' range.
+ACC_BITS = (8, 64)
+
+
+def _int_in(lo: int, hi: int, zero_ok: bool = False) -> Callable[[str], int]:
+    """argparse type: an integer in ``[lo, hi]`` (or 0 when ``zero_ok``); argparse names the
+    flag in its one-line error."""
+
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if zero_ok and v == 0:
+            return v
+        if not lo <= v <= hi:
+            extra = " or 0" if zero_ok else ""
+            raise argparse.ArgumentTypeError(f"{v} is not in [{lo}, {hi}]{extra}")
+        return v
+
+    return conv
+
+
+def _word_bits(text: str) -> int:
+    """argparse type of ``rtl build --cols``: a word width the tile's words can be packed in."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v not in PACKABLE_WORD_BITS:
+        raise argparse.ArgumentTypeError(
+            f"{v} is not one of {', '.join(map(str, PACKABLE_WORD_BITS))} (the "
+            "tile's words are packed into numpy words, romsim.rom.layout)"
+        )
+    return v
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,29 +78,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="MODEL:LAYER:MATRIX:CELL (default: %(default)s); MATRIX one of q k v o gate up down",
     )
     b.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8), help="weight code bits")
-    b.add_argument("--group-size", type=int, default=128)
+    b.add_argument(
+        "--group-size",
+        type=_int_in(8, 4096),
+        default=128,
+        help="weights per quantization group (a multiple of 8)",
+    )
     b.add_argument(
         "--rows",
-        type=int,
+        type=_int_in(1, MAX_ROWS, zero_ok=True),
         default=0,
-        help="ROM rows (words) of the cell; 0 = exactly the tile's words (default)",
+        help="ROM rows (words) of the cell, at least the tile's words; 0 = exactly the tile's "
+        f"words (default; at most {MAX_ROWS}, the ROM macro's maximum)",
     )
     b.add_argument(
         "--cols",
-        type=int,
+        type=_word_bits,
         default=64,
-        help="ROM columns = bits per word = read width per cycle (sets the chip's rom.word_bits; "
-        "the MAC array takes one word per cycle)",
+        help="ROM columns = bits per word = read width per cycle: 8, 16, 32 or 64 (sets the "
+        "chip's rom.word_bits; the MAC array takes one word per cycle; group_size*bits must be a "
+        "multiple)",
     )
     b.add_argument("--act-bits", type=int, default=8, help="activation mantissa bits")
-    b.add_argument("--acc-bits", type=int, default=32, help="group accumulator / output bits")
+    b.add_argument(
+        "--acc-bits",
+        type=_int_in(*ACC_BITS),
+        default=32,
+        help="group accumulator / output bits",
+    )
     b.add_argument("--mesh", default="3x4", help="chip mesh ROWSxCOLS with one vector row")
     b.add_argument("--cells-per-unit", type=int, default=8)
     b.add_argument(
-        "--cells", type=int, default=1, help="row-block of this many consecutive cells (default 1)"
+        "--cells",
+        type=_int_in(1, 1 << 16),
+        default=1,
+        help="row-block of this many consecutive cells (default 1; the chip's cells bound it)",
     )
     b.add_argument("--style", choices=STYLES, default="fused")
-    b.add_argument("--max-tokens", type=int, default=1, help="activation vectors per start")
+    b.add_argument(
+        "--max-tokens",
+        type=_int_in(1, MAX_TOKENS),
+        default=1,
+        help=f"activation vectors per start (1 .. {MAX_TOKENS}: the output capture port grows "
+        "with it)",
+    )
     b.add_argument(
         "--row-sums",
         action="store_true",
@@ -68,9 +135,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--bits", type=int, choices=(2, 3, 4, 8), help="one bit width")
     s.add_argument("--all", action="store_true", help="bits 2, 3, 4, 8, both styles")
     s.add_argument("--style", choices=(*STYLES, "both"), default="both")
-    s.add_argument("--word-bits", type=int, default=64)
+    s.add_argument("--word-bits", type=_int_in(*SYNTH_WORD_BITS), default=64)
     s.add_argument("--act-bits", type=int, default=8)
-    s.add_argument("--acc-bits", type=int, default=32)
+    s.add_argument("--acc-bits", type=_int_in(*ACC_BITS), default=32)
     s.add_argument(
         "--write-calibration",
         action="store_true",
@@ -97,7 +164,16 @@ def build_tiles(args):
     r, c = _mesh(args.mesh)
     if args.act_bits != 8:
         raise RomsimInputError(
-            "act-bits", args.act_bits, "the kernels' golden path and the tiles use int8 (8)"
+            "--act-bits", args.act_bits, "the kernels' golden path and the tiles use int8 (8)"
+        )
+    if args.group_size % 8:
+        raise RomsimInputError("--group-size", args.group_size, "must be a multiple of 8")
+    if (args.group_size * args.bits) % args.cols:
+        raise RomsimInputError(
+            "--cols",
+            args.cols,
+            f"group_size*bits ({args.group_size}*{args.bits}) must be a multiple of it (the RTL "
+            "cell takes whole groups' words)",
         )
     chip = small_chip(
         args.bits,
@@ -110,9 +186,12 @@ def build_tiles(args):
         },
         rom={"word_bits": args.cols},
     )
-    if (args.group_size * args.bits) % args.cols:
+    if cell >= 0 and cell + args.cells > chip.n_cells:
         raise RomsimInputError(
-            "cols", args.cols, f"group_size*bits ({args.group_size * args.bits}) must be a multiple"
+            "--cells",
+            args.cells,
+            f"cells {cell} .. {cell + args.cells - 1} do not exist: the chip has {chip.n_cells} "
+            "cells",
         )
     return [
         make_tile(
@@ -123,9 +202,16 @@ def build_tiles(args):
 
 
 def cmd_build(args) -> int:
+    from romsim.paths import check_output_dir
     from romsim.rtl.emit import emit_rowblock
 
+    check_output_dir(args.out, "--out")
     tiles = build_tiles(args)
+    need = max(int(t.mt.rom_rows(t.n_groups)) for t in tiles)
+    if args.rows and args.rows < need:
+        raise RomsimInputError(
+            "--rows", args.rows, f"must be 0 or at least the tile's {need} ROM words"
+        )
     try:
         params = [
             t.params(acc_bits=args.acc_bits, act_bits=args.act_bits, depth=args.rows) for t in tiles

@@ -3,10 +3,13 @@
 Pure Python + numpy (no Amaranth): the cocotb testbenches, the CLI and the benchmarks import this
 without building hardware.
 
-A cell reads one ROM word per cycle. The word layout is :mod:`romsim.quant`'s (and
-:mod:`romsim.kernels.bitpack`'s): a group's ``bits``-wide codes as a little-endian bit stream,
-each group word-aligned; then the tile's metadata words, ``metas_per_word`` fields of
-``16 + zero_bits`` bits (fp16 scale, then the zero point), LSB first.
+A cell reads one ROM word per cycle. The word layout is :mod:`romsim.rom.layout`'s
+(:attr:`CellParams.layout`, a :class:`~romsim.rom.layout.RomLayout` at the cell's ``word_bits``):
+a group's ``bits``-wide codes as a little-endian bit stream, each group word-aligned; then the
+tile's metadata words, ``metas_per_word`` fields of ``16 + zero_bits`` bits (fp16 scale, then the
+zero point), LSB first. The cell adds two rules of its own: a group fills whole words
+(``group_size*bits`` a multiple of ``word_bits``, so no padding bits reach the lanes) and a
+metadata field fits in one word.
 
 Lanes. The MAC array has ``lanes`` multipliers; the codes a word *completes* (whose last bit lies
 in it) go to lanes 0.. in order. For 2/4/8 bits a word holds ``word_bits/bits`` whole codes; for 3
@@ -22,6 +25,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from romsim.rom.layout import RomLayout
 
 SCALE_BITS = 16  # fp16 scale field (romsim.quant: scale_bits default)
 EXP_BITS = 9  # activation exponent field (signed) per k-group: the BFP quantizer gives [-155, 121]
@@ -55,6 +60,8 @@ class CellParams:
         b, g, w = self.bits, self.group_size, self.word_bits
         if b not in (2, 3, 4, 8):
             raise ValueError(f"bits must be 2, 3, 4 or 8 (got {b})")
+        if g < 1 or w < 1:
+            raise ValueError(f"group_size and word_bits must be >= 1 (got {g}, {w})")
         if (g * b) % w:
             raise ValueError(
                 f"group_size*bits ({g}*{b}) must be a multiple of word_bits ({w}) for the RTL cell"
@@ -83,31 +90,35 @@ class CellParams:
         if self.depth and self.depth < self.rom_rows:
             raise ValueError(f"depth ({self.depth}) < tile words ({self.rom_rows})")
 
-    # ---- word layout ---------------------------------------------------------------------------
+    # ---- word layout (romsim.rom.layout) -------------------------------------------------------
     @property
     def zb(self) -> int:
         return self.bits if self.zero_bits is None else self.zero_bits
 
     @property
+    def layout(self) -> RomLayout:
+        return RomLayout(self.bits, self.group_size, self.zb, SCALE_BITS, self.word_bits)
+
+    @property
     def meta_bits(self) -> int:
-        return SCALE_BITS + self.zb
+        return self.layout.meta_bits
 
     @property
     def metas_per_word(self) -> int:
-        return max(1, self.word_bits // self.meta_bits)
+        return self.layout.metas_per_word
 
     @property
     def words_per_group(self) -> int:
-        return self.group_size * self.bits // self.word_bits
+        return self.layout.words_per_group
 
     @property
     def n_meta_words(self) -> int:
-        return -(-self.n_groups // self.metas_per_word)
+        return int(self.layout.meta_words(self.n_groups))
 
     @property
     def rom_rows(self) -> int:
         """Words of the tile = ROM reads per token (romsim.mapping.MatrixTiles.rom_rows)."""
-        return self.n_groups * self.words_per_group + self.n_meta_words
+        return int(self.layout.rom_rows(self.n_groups))
 
     @property
     def rom_depth(self) -> int:

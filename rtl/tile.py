@@ -12,7 +12,8 @@ Where the tile comes from (``romsim rtl build --tile MODEL:LAYER:MATRIX:CELL``):
    the GGUF is not installed, or for other models, a seeded random matrix of the layer's shape
    (``N(0, 0.02)``); :attr:`Tile.source` says which.
 3. The words: the cell's run of code words followed by the run's metadata packed from a fresh
-   word -- the per-matrix slice of :func:`romsim.rom.cell_image` (a test checks they agree).
+   word, in the chip's ``rom.word_bits``-wide words (:mod:`romsim.rom.layout`) -- the per-matrix
+   slice of :func:`romsim.rom.cell_image`, built by the same :func:`romsim.rom.image.run_words`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from romsim.kernels import bitpack as bp
 from romsim.kernels.dequant_ref import group_partials
 from romsim.kernels.qmatmul import QTensor, dequantize, quantize_act_bfp
 
@@ -30,6 +30,7 @@ from romsim.errors import RomsimInputError
 from romsim.functional.model import LINEAR_GGUF
 from romsim.mapping import Mapping, MatrixTiles
 from romsim.modelspec import LINEAR_KINDS, load_model
+from romsim.rom.image import run_words
 
 from .params import CellParams
 
@@ -106,7 +107,7 @@ class Tile:
     start: int
     stop: int
     qt: QTensor
-    words: np.ndarray  # uint64 ROM words of the tile (codes, then metadata)
+    words: np.ndarray  # the tile's ROM words (codes, then metadata), mt.word_bits wide, as uint64
     source: str
     pipeline_depth_cycles: int
 
@@ -193,12 +194,10 @@ class Tile:
         return quantize_act_bfp(xp, self.qt.group_size)
 
 
-def tile_words(qt: QTensor, start: int, stop: int) -> np.ndarray:
-    """Code words of groups ``[start, stop)`` then their metadata packed from a fresh word."""
-    wpg = qt.group_bytes // 8
-    s, z = bp.unpack_meta(qt.meta, qt.n * qt.n_groups, qt.bits)
-    meta = bp.pack_meta(s[start:stop], z[start:stop], qt.bits)
-    return np.concatenate([qt.words[start * wpg : stop * wpg], meta]).astype(np.uint64)
+def tile_words(qt: QTensor, start: int, stop: int, word_bits: int = 64) -> np.ndarray:
+    """Code words of groups ``[start, stop)`` then their metadata packed from a fresh word, in
+    ``word_bits``-wide words (:func:`romsim.rom.image.run_words`)."""
+    return run_words(qt, start, stop, word_bits)
 
 
 def make_tile(
@@ -225,7 +224,7 @@ def make_tile(
     if stop <= start:
         raise RomsimInputError("tile", cell, "this cell holds no group of the matrix")
     qt, src = matrix_qtensor(model, layer, matrix, fmt.bits, fmt.group_size)
-    words = tile_words(qt, start, stop)
+    words = tile_words(qt, start, stop, mt.word_bits)
     assert words.size == int(mt.rom_rows(stop - start))
     return Tile(
         model, layer, matrix, cell, mt, start, stop, qt, words, src, chip.cell.pipeline_depth_cycles
@@ -251,7 +250,7 @@ def layer_cell_tiles(
         if fmt.kind != "affine":
             raise RomsimInputError("quant", fmt.label(), "the RTL cell implements affine only")
         qt, src = matrix_qtensor(model, layer, mt.kind, fmt.bits, fmt.group_size)
-        words = tile_words(qt, start, stop)
+        words = tile_words(qt, start, stop, mt.word_bits)
         assert words.size == int(mt.rom_rows(stop - start))
         tiles.append(
             Tile(

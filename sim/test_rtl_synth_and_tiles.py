@@ -48,9 +48,10 @@ def test_synth_reproduces_calibration():
     assert r.as_dict()["yosys_cells"] == cal["styles"]["fused"]["8"]["yosys_cells"]
 
 
-def test_tile_words_match_rom_image_cell_image():
+@pytest.mark.parametrize("word_bits", [64, 32])
+def test_tile_words_match_rom_image_cell_image(word_bits):
     """The RTL's tile = the per-matrix slice of romsim.rom.cell_image (layer 0, so a one-layer
-    mapping has the same group runs as the full model's)."""
+    mapping has the same group runs as the full model's), at 64- and 32-bit ROM words."""
     from dataclasses import replace
 
     from romsim.rtl.tile import make_tile, matrix_qtensor, small_chip
@@ -59,7 +60,12 @@ def test_tile_words_match_rom_image_cell_image():
     from romsim.modelspec import LINEAR_KINDS, load_model
     from romsim.rom import RomImage, cell_image
 
-    chip = small_chip(4, cell={"cells_per_unit": 7}, placement={"lm_head": "off_chip"})
+    chip = small_chip(
+        4,
+        cell={"cells_per_unit": 7},
+        placement={"lm_head": "off_chip"},
+        rom={"word_bits": word_bits},
+    )
     spec = replace(load_model("smollm2-135m"), n_layers=1)
     img = RomImage()
     for kind in LINEAR_KINDS:

@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("amaranth")
 
 from amaranth.sim import Simulator  # noqa: E402
-from romsim.kernels import bitpack as bp  # noqa: E402
 from romsim.kernels.dequant_ref import dequant_f32, group_partials, rowblock_sums  # noqa: E402
 from romsim.kernels.qmatmul import QTensor, combine_int, int_group_dots  # noqa: E402
 from romsim.rtl.cell import (  # noqa: E402
@@ -28,6 +27,8 @@ from romsim.rtl.params import (  # noqa: E402
     split_outputs,
 )
 
+from romsim.rom.image import run_words  # noqa: E402
+
 
 def _run(dut, bench):
     sim = Simulator(dut)
@@ -36,13 +37,14 @@ def _run(dut, bench):
     sim.run()
 
 
+@pytest.mark.parametrize("word_bits", [64, 32])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_decoder_matches_bitpack(bits):
+def test_decoder_matches_layout(bits, word_bits):
     """Every code of random groups comes out of the lane the layout says, for every word."""
-    p = CellParams(bits=bits, group_size=128)
+    p = CellParams(bits=bits, group_size=128, word_bits=word_bits)
     rng = np.random.default_rng(bits)
     codes = rng.integers(0, 1 << bits, size=(3, 128))
-    words = bp.pack_codes(codes, bits, 128).reshape(3, p.words_per_group)
+    words = p.layout.pack_codes(codes).reshape(3, p.words_per_group)
     beat, lane = p.code_lane_map()
     dut = CodeDecoder(p)
     got = np.full((3, 128), -1)
@@ -182,9 +184,10 @@ def test_fp32_adder_matches_numpy():
     assert bad.size == 0, [(hex(a[k]), hex(b[k]), hex(got[k]), hex(want[k])) for k in bad[:5]]
 
 
-def _synthetic_block(bits, runs, ng_row, seed, n_tok=2):
+def _synthetic_block(bits, runs, ng_row, seed, n_tok=2, word_bits=64):
     """Random codes/scales/zeros of a matrix with ``ng_row`` groups per row; cells holding the
-    consecutive group ``runs``; activations with exponents (subnormal and large results too)."""
+    consecutive group ``runs`` in ``word_bits``-wide words; activations with exponents
+    (subnormal and large results too)."""
     G = 128
     rng = np.random.default_rng(seed)
     n_rows = -(-runs[-1][1] // ng_row)
@@ -196,12 +199,18 @@ def _synthetic_block(bits, runs, ng_row, seed, n_tok=2):
     acts = rng.integers(-127, 128, size=(n_tok, ng_row * G))
     e = rng.integers(-20, 5, size=(n_tok, ng_row))
     e[0, 0], e[-1, -1] = -140, 90
-    sc, zz = bp.unpack_meta(qt.meta, qt.n * qt.n_groups, bits)
     cells = []
     for a, b in runs:
-        p = CellParams(bits=bits, group_size=G, n_groups=b - a, ng_row=ng_row, kg0=a % ng_row)
-        wpg = p.words_per_group
-        words = np.concatenate([qt.words[a * wpg : b * wpg], bp.pack_meta(sc[a:b], zz[a:b], bits)])
+        p = CellParams(
+            bits=bits,
+            group_size=G,
+            word_bits=word_bits,
+            n_groups=b - a,
+            ng_row=ng_row,
+            kg0=a % ng_row,
+        )
+        words = run_words(qt, a, b, word_bits)
+        assert words.size == p.rom_rows
         cells.append((p, words))
     return qt, cells, acts, e
 
@@ -220,13 +229,17 @@ async def _drive(ctx, top, p, acts, e, n_tok):
     ctx.set(top.start, 0)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("style", ["fused", "conventional"])
-def test_cell_in_amaranth_sim(bits, style):
+@pytest.mark.parametrize(
+    "bits,style,word_bits",
+    [(b, s, 64) for b in (2, 3, 4, 8) for s in ("fused", "conventional")]
+    + [(b, "fused", 32) for b in (2, 3, 4, 8)],
+)
+def test_cell_in_amaranth_sim(bits, style, word_bits):
     """Whole cell on a synthetic tile (random codes, scales, zeros; tile starting mid-row) in
     Amaranth's simulator: integer T, scale bits and the fp32 partial equal the kernel's, cycles =
-    tokens*R + latency."""
-    qt, cells, acts, e = _synthetic_block(bits, [(2, 7)], 3, 10 * bits)
+    tokens*R + latency; also with 32-bit ROM words (the kernel's codes repacked by
+    romsim.rom.layout, one metadata field per word)."""
+    qt, cells, acts, e = _synthetic_block(bits, [(2, 7)], 3, 10 * bits, word_bits=word_bits)
     ((p, words),) = cells
     n = p.n_groups
     top = RowBlock([FusedCell(p, words, style=style)], max_tokens=2)

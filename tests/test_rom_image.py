@@ -85,7 +85,7 @@ def test_truncated_or_bad_image_is_one_clear_error(tmp_path):
         assert "\n" not in str(ei.value)
 
 
-def _tiny_mapping(quant: str, n_cells_units: int = 3):
+def _tiny_mapping(quant: str, n_cells_units: int = 3, word_bits: int = 64):
     from romsim.config import load_chip
     from romsim.mapping import Mapping
     from romsim.modelspec import ModelSpec
@@ -108,15 +108,20 @@ def _tiny_mapping(quant: str, n_cells_units: int = 3):
             "mesh.vector_rows": 1,
             "cell.cells_per_unit": 2,
             "quant": quant,
+            "rom.word_bits": word_bits,
         }
     )
     return spec, Mapping(spec, chip)
 
 
-@pytest.mark.parametrize("quant", ["w3g32", "w4g64", "q4_1"])
-def test_per_cell_layout_roundtrip(quant):
-    pytest.importorskip("romsim.mapping")
-    spec, mp = _tiny_mapping(quant)
+@pytest.mark.parametrize(
+    "quant,word_bits",
+    [("w3g32", 64), ("w4g64", 64), ("q4_1", 64), ("w3g32", 32), ("w4g64", 16), ("q4_1", 8)],
+)
+def test_per_cell_layout_roundtrip(quant, word_bits):
+    """Per-cell images at the chip's word width (64 and narrower: codes repacked, metadata
+    fields one per word or split over words) read back into the same matrices."""
+    spec, mp = _tiny_mapping(quant, word_bits=word_bits)
     rng = np.random.default_rng(1)
     img = RomImage(name="tiny")
     for mt in mp.matrices:

@@ -7,7 +7,8 @@ the same hardware is stepped through explicitly, cell by cell and group by group
   hops from the vector row sees group ``k`` after ``h * hop_latency + (k+1) * group_bytes / link``;
 - a cell processes its groups (romsim.mapping) in order: a group starts when its activations are
   there and the previous group is done, and takes ``words_per_group`` ROM cycles; a metadata word
-  is read before every ``metas_per_word``-th group;
+  (``words_per_meta`` words when a field is wider than a word) is read before every
+  ``metas_per_word``-th group;
 - when a row segment ends, its partial sum leaves the cell after ``pipeline_depth`` cycles, the
   unit's adder tree merges the partials of the same row from its cells (``adder_tree_cycles``),
   and the merged partial travels its ``h`` hops to the vector row, where each column's port takes
@@ -66,7 +67,7 @@ def simulate_matmul_cycles(pm: PerfModel, tiles: list[MatrixTiles]) -> float:
             kgrp = g % gpr
             row = g // gpr
             arrive = cell_hops * ic.hop_latency_cycles + (kgrp + 1) * group_bytes / link
-            meta = 1.0 if j % mpw == 0 else 0.0
+            meta = float(m.layout.words_per_meta) if j % mpw == 0 else 0.0
             start = np.maximum(t, arrive)
             t_new = start + meta + wpg
             # a row segment ends when the next group is in another row or the cell is done

@@ -91,7 +91,9 @@ class PerfModel:
         partials = sum(m.rows + d.U for m in tiles)
         op.add("reduce", T * partials * c.cell.acc_bits / 8 / (d.cols * link))
         op.count("link_bytes", T * partials * c.cell.acc_bits / 8 * d.hops)
-        total_words = sum(m.n_groups * (m.words_per_group + 1 / m.metas_per_word) for m in tiles)
+        # ROM-bit energy counter: metadata at its packing density, without the per-cell padding
+        # the cycles above pay (romsim.rom.layout, rule 6, says why the two differ)
+        total_words = sum(m.layout.dense_words(m.n_groups) for m in tiles)
         op.count("rom_bits", T * total_words * c.rom.word_bits)
         op.count("l_macs", T * sum(m.rows * m.cols for m in tiles))
         return op

@@ -1,9 +1,10 @@
 """ROM images: a model's ROM-resident quantized matrices as 64-bit ROM words, and a file format.
 
-Word layout of one matrix (codes and metadata) is defined once in :mod:`romsim.kernels.bitpack`
-(and described in :mod:`romsim.quant`). A :class:`RomImage` is an ordered set of such matrices;
-:meth:`RomImage.cell_words` cuts a matrix's word stream into per-fused-cell slices when
-``romsim.mapping`` provides a cell assignment (see :func:`cell_slices`).
+Word layout of one matrix (codes and metadata) is defined once in :mod:`romsim.rom.layout`. A
+:class:`RomImage` is an ordered set of such matrices in the kernels' 64-bit words (the file format
+below); :func:`cell_image` lays a chip's cell out as :mod:`romsim.mapping` assigns it, repacked to
+the chip's ``rom.word_bits`` (8, 16, 32 or 64: :data:`romsim.rom.layout.PACKABLE_WORD_BITS`; the
+codes and metadata fields are the same bits, only cut into other words).
 
 File format (little-endian), version 1::
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 from romsim.errors import RomsimInputError
 from romsim.kernels import bitpack as bp
 from romsim.kernels.qmatmul import KINDS, QTensor
+from romsim.rom.layout import KERNEL_WORD_BITS, PACKABLE_WORD_BITS, RomLayout
 
 MAGIC = b"ROMSIMG1"
 VERSION = 1
@@ -65,7 +67,7 @@ class RomImage:
 
     @property
     def total_bytes(self) -> int:
-        return self.total_words * 8
+        return self.total_words * KERNEL_WORD_BITS // 8
 
     def summary(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -77,14 +79,6 @@ class RomImage:
             d["code_words"] += int(qt.words.size)
             d["meta_words"] += int(qt.meta.size)
         return out
-
-    # ---- per-cell view ----------------------------------------------------------------------
-    def cell_words(self, name: str, words_per_cell: int) -> list[np.ndarray]:
-        """The code-word stream of one matrix cut into consecutive cell-sized slices (whole
-        groups per cell). A placeholder for ``romsim.mapping``'s assignment: see
-        :func:`cell_slices`."""
-        qt = self.matrices[name]
-        return [qt.words[a:b] for a, b in cell_slices(qt, words_per_cell)]
 
     # ---- file I/O ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -189,66 +183,78 @@ class RomImage:
                 )
             except ValueError as err:
                 raise RomImageError(f"entry {nm}", e.get("n_words"), str(err), source=src) from None
-            expect = e["n"] * bp.n_groups(e["k"], e["group_size"]) * qt.group_bytes // 8
+            count = qt.n * qt.n_groups
+            expect = int(qt.rom_layout.code_words(count))
             if nw != expect:
                 raise RomImageError(f"entry {nm} n_words", nw, f"expected {expect}", source=src)
             img.add(nm, qt)
         return img
 
 
-def cell_slices(qt: QTensor, words_per_cell: int) -> Iterable[tuple[int, int]]:
-    """Consecutive ``[start, stop)`` word ranges of at most ``words_per_cell`` words each, never
-    splitting a group. This row-major fill is the stand-in cell assignment until
-    ``romsim.mapping`` exists; the word stream itself does not depend on the assignment."""
-    gw = qt.group_bytes // 8
-    per = max(1, words_per_cell // gw) * gw
-    total = int(qt.words.size)
-    return [(a, min(a + per, total)) for a in range(0, total, per)]
-
-
 # ------------------------------------------------------------------------------------------------
 # Per-fused-cell images (romsim.mapping's assignment)
 
 
-def _meta_fields(qt: QTensor) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(fp16 scales, zero fields or None, zero_bits) of every group, row-major."""
-    count = qt.n * qt.n_groups
-    if qt.kind == "q4_1":
-        zb = 16
-    elif qt.kind == "affine":
-        zb = qt.bits
-    else:
-        zb = 0
-    s, z = bp.unpack_meta(qt.meta, count, zb)
-    return s, (z if zb else None), zb
+def _meta_fields(qt: QTensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """(fp16 scales, zero fields or None) of every group, row-major."""
+    lay = qt.rom_layout
+    s, z = lay.unpack_meta(qt.meta, qt.n * qt.n_groups)
+    return s, (z if lay.zero_bits else None)
+
+
+def chip_layout(qt: QTensor, word_bits: int) -> RomLayout:
+    """``qt``'s layout at a chip's word width (refused unless the words can be packed)."""
+    if word_bits not in PACKABLE_WORD_BITS:
+        raise RomImageError(
+            "rom.word_bits",
+            word_bits,
+            f"a ROM image packs {', '.join(map(str, PACKABLE_WORD_BITS))}-bit words (other "
+            "widths are for the hardware model's estimates only)",
+        )
+    return qt.rom_layout.with_word_bits(word_bits)
+
+
+def run_words(qt: QTensor, start: int, stop: int, word_bits: int = KERNEL_WORD_BITS) -> np.ndarray:
+    """The words a cell holds for groups ``[start, stop)`` of ``qt`` (row-major group indices):
+    the groups' code words, word-aligned, then their metadata packed from a fresh word
+    (:mod:`romsim.rom.layout` rule 6), in ``word_bits``-wide words."""
+    src = qt.rom_layout
+    dst = chip_layout(qt, word_bits)
+    wpg = src.words_per_group
+    code = dst.repack_codes(qt.words[start * wpg : stop * wpg], src)
+    if stop <= start:
+        return code
+    s, z = _meta_fields(qt)
+    meta = dst.pack_meta(s[start:stop], None if z is None else z[start:stop])
+    return np.concatenate([code, meta]).astype(np.uint64)
 
 
 def cell_image(img: RomImage, mapping, cell: int) -> np.ndarray:
     """The ROM words of one fused cell, as :mod:`romsim.mapping` lays them out: for every matrix
-    in execution order, the cell's run of groups ``[start, stop)`` (each group's code words,
-    word-aligned), then the metadata of those groups packed from the first field of a fresh
-    word. ``img`` must hold every matrix the mapping names, in the mapping's format."""
+    in execution order, the cell's run of groups ``[start, stop)`` (:func:`run_words`) in the
+    chip's ``rom.word_bits``-wide words. ``img`` must hold every matrix the mapping names, in the
+    mapping's format."""
     parts: list[np.ndarray] = []
     for mt, start, stop, _row in mapping.cell_layout(cell):
         qt = img[mt.name]
-        if (qt.kind, qt.bits) != (mt.fmt.kind, mt.fmt.bits):
-            raise RomImageError(
-                f"matrix {mt.name} format",
-                f"{qt.kind}/{qt.bits} bit",
-                f"the mapping expects {mt.fmt.kind}/{mt.fmt.bits} bit",
-            )
-        if (qt.n, qt.k, qt.group_size) != (mt.rows, mt.cols, mt.fmt.group_size):
-            raise RomImageError(
-                f"matrix {mt.name}",
-                (qt.n, qt.k, qt.group_size),
-                f"does not match the mapping ({mt.rows}, {mt.cols}, {mt.fmt.group_size})",
-            )
-        gw = qt.group_bytes // 8
-        parts.append(qt.words[start * gw : stop * gw])
-        s, z, zb = _meta_fields(qt)
-        if stop > start:
-            parts.append(bp.pack_meta(s[start:stop], None if z is None else z[start:stop], zb))
+        _check_format(qt, mt)
+        parts.append(run_words(qt, start, stop, mt.word_bits))
     return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def _check_format(qt: QTensor, mt) -> None:
+    if (qt.kind, qt.bits) != (mt.fmt.kind, mt.fmt.bits):
+        raise RomImageError(
+            f"matrix {mt.name} format",
+            f"{qt.kind}/{qt.bits} bit",
+            f"the mapping expects {mt.fmt.kind}/{mt.fmt.bits} bit",
+        )
+    if (qt.n, qt.k, qt.group_size) != (mt.rows, mt.cols, mt.fmt.group_size):
+        raise RomImageError(
+            f"matrix {mt.name}",
+            (qt.n, qt.k, qt.group_size),
+            f"does not match the mapping ({mt.rows}, {mt.cols}, {mt.fmt.group_size})",
+        )
 
 
 def image_from_cells(cells: list[np.ndarray], mapping, template: RomImage) -> RomImage:
@@ -259,15 +265,14 @@ def image_from_cells(cells: list[np.ndarray], mapping, template: RomImage) -> Ro
         pos = 0
         for mt, start, stop, _row in mapping.cell_layout(c):
             t = template[mt.name]
-            gw = t.group_bytes // 8
+            src = chip_layout(t, mt.word_bits)
             n = stop - start
-            code = words[pos : pos + n * gw]
-            pos += n * gw
-            _, _, zb = _meta_fields(t)
-            nmeta = -(-n // (64 // (16 + zb))) if n else 0
-            meta = words[pos : pos + nmeta]
-            pos += nmeta
-            s, z = bp.unpack_meta(meta, n, zb) if n else (np.zeros(0, np.float16), np.zeros(0))
+            ncode, nmeta = int(src.code_words(n)), int(src.meta_words(n))
+            code = words[pos : pos + ncode]
+            meta = words[pos + ncode : pos + ncode + nmeta]
+            pos += ncode + nmeta
+            code = t.rom_layout.repack_codes(code, src)
+            s, z = src.unpack_meta(meta, n)
             pieces[mt.name].append((start, code, s, z))
     out = RomImage(name=template.name)
     for mt in mapping.matrices:
@@ -276,7 +281,7 @@ def image_from_cells(cells: list[np.ndarray], mapping, template: RomImage) -> Ro
         code = np.concatenate([r[1] for r in runs])
         s = np.concatenate([r[2] for r in runs])
         z = np.concatenate([r[3] for r in runs])
-        _, _, zb = _meta_fields(t)
-        meta = bp.pack_meta(s, z if zb else None, zb)
+        lay = t.rom_layout
+        meta = lay.pack_meta(s, z if lay.zero_bits else None)
         out.add(mt.name, QTensor.from_words(t.kind, t.bits, t.group_size, t.n, t.k, code, meta))
     return out
