@@ -25,6 +25,9 @@ import time
 
 import numpy as np
 
+from romsim.fl.quiet import quiet_third_party
+
+quiet_third_party()  # before flwr/torch load here or in a Ray worker
 log = logging.getLogger("romsim.fl")
 
 # Set by romsim.fl.runner before run_simulation (the ServerApp runs in a thread of that process).
@@ -222,3 +225,4 @@ def _make_server_app():
 # module imports flwr (romsim's CLI imports it only when an FL command runs).
 client_app = _make_client_app()
 server_app = _make_server_app()
+quiet_third_party()  # again, ahead of the filters importing flwr added

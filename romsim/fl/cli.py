@@ -22,8 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_fl_run(args: argparse.Namespace) -> int:
-    import json
-
+    from romsim import jsonout
+    from romsim.errors import RomsimInputError
     from romsim.fl.config import FLConfig, fl_config_from_dict, load_fl_config
     from romsim.fl.runner import run_fl
 
@@ -34,11 +34,19 @@ def cmd_fl_run(args: argparse.Namespace) -> int:
             d["run"]["rounds"] = args.rounds
         if args.strategy is not None:
             d["strategy"]["name"] = args.strategy
-        cfg = fl_config_from_dict(d, source="command line")
+        try:
+            cfg = fl_config_from_dict(d, source="command line")
+        except RomsimInputError as e:  # name the flag the user typed
+            flag = {"run.rounds": "--rounds", "strategy.name": "--strategy"}.get(e.field)
+            if flag is None:
+                raise
+            raise RomsimInputError(flag, e.value, e.rule) from None
+    # run_fl checks the output folder, checkpoint and devices before torch, Ray or the model
     res = run_fl(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    out = args.out or cfg.run.out
     last, first = res["rows"][-1], res["rows"][0]
-    print(json.dumps({
-        "out": args.out or cfg.run.out,
+    print(jsonout.dumps({
+        "out": out,
         "rounds": last["round"],
         "base_accuracy": first["accuracy"], "accuracy": last["accuracy"],
         "base_eval_loss": first["eval_loss"], "eval_loss": last["eval_loss"],

@@ -1,6 +1,8 @@
 """The FL run configuration (``romsim fl run --config fl.toml``): validated pydantic models.
 
 Every bad value becomes one :class:`RomsimInputError` naming the field, the value and the rule.
+Floats must be finite everywhere; counts and sizes have upper bounds (the ``MAX_*`` constants)
+so a typo fails here, in milliseconds, instead of after Ray and the model have started.
 """
 
 from __future__ import annotations
@@ -10,21 +12,35 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from romsim.errors import RomsimInputError, from_validation_error
+from romsim.paths import read_user_text
 
 STRATEGIES = ("fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+# Sane upper bounds (documented in docs/federated.md, "What happens on bad input").
+MAX_SEED = 2**32 - 1  # numpy / torch seeds
+MAX_ROUNDS = 10_000
+MAX_CLIENTS = 1024  # simulated clients (sum of devices[].count)
+MAX_EXAMPLES = 1_000_000  # data.n_train / data.n_test
+MAX_LOCAL_STEPS = 100_000
+MAX_LOCAL_EPOCHS = 100.0
+MAX_BATCH = 4096
+MAX_SEQ_LEN = 32_768  # tokens
+MAX_THREADS = 1024  # torch threads, Ray CPUs
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float field refuses inf and NaN ("Input should be a finite number")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RunSection(_Strict):
     name: str = "fl-default"
-    seed: int = 0
-    rounds: int = Field(4, ge=1, le=10000)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="numpy/torch seed range")
+    rounds: int = Field(4, ge=1, le=MAX_ROUNDS, description="federated rounds")
     out: str = "runs/fl-default"
 
 
@@ -40,33 +56,43 @@ class ModelSection(_Strict):
 class DataSection(_Strict):
     name: Literal["wordnet", "synthetic"] = "wordnet"
     task: Literal["category", "word"] = "category"
-    n_train: int = Field(2400, ge=1)
-    n_test: int = Field(400, ge=1)
+    n_train: int = Field(2400, ge=1, le=MAX_EXAMPLES)
+    n_test: int = Field(400, ge=1, le=MAX_EXAMPLES)
     eval_examples: int = Field(160, ge=1, description="held-out examples scored each round")
     partition: Literal["iid", "dirichlet", "domain"] = "dirichlet"
-    alpha: float = Field(0.5, gt=0)
-    seed: int = 0
+    alpha: float = Field(0.5, gt=0, le=1e6)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="numpy seed range")
     wordnet_dir: str | None = None
 
 
 class LoraSection(_Strict):
     rank: int = Field(8, ge=1, le=256)
-    alpha: float = Field(16.0, gt=0)
-    targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+    alpha: float = Field(16.0, gt=0, le=1e4)
+    targets: tuple[Literal["q", "k", "v", "o", "gate", "up", "down"], ...] = Field(
+        LORA_TARGETS, min_length=1, max_length=len(LORA_TARGETS)
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> LoraSection:
+        if len(set(self.targets)) != len(self.targets):
+            raise RomsimInputError("lora.targets", list(self.targets), "lists a target twice")
+        return self
 
 
 class TrainSection(_Strict):
-    local_steps: int = Field(6, ge=1)
+    local_steps: int = Field(6, ge=1, le=MAX_LOCAL_STEPS)
     # when set, replaces local_steps: each client runs ceil(local_epochs * its examples / batch)
-    local_epochs: float | None = Field(None, gt=0)
-    batch: int = Field(4, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seq_len: int = Field(64, ge=8, description="sequence length the device cost model assumes")
-    torch_threads: int = Field(2, ge=1)
-    eval_batch: int = Field(32, ge=1)
+    local_epochs: float | None = Field(None, gt=0, le=MAX_LOCAL_EPOCHS,
+                                       description="passes over a client's data per round")  # fmt: skip
+    batch: int = Field(4, ge=1, le=MAX_BATCH)
+    lr: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate, in (0, 1]")
+    weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW decoupled weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    seq_len: int = Field(64, ge=8, le=MAX_SEQ_LEN,
+                         description="sequence length the device cost model assumes")  # fmt: skip
+    torch_threads: int = Field(2, ge=1, le=MAX_THREADS)
+    eval_batch: int = Field(32, ge=1, le=MAX_BATCH)
 
     def steps_for(self, n_examples: int) -> int:
         """Local optimizer steps of a client holding ``n_examples`` examples."""
@@ -79,7 +105,8 @@ class StrategySection(_Strict):
     name: Literal["fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot"] = "fed-pilot"
     pattern: Literal["uniform", "triangle", "inverted", "bottleneck"] = "triangle"
     fraction: float = Field(1.0, gt=0, le=1, description="share of clients sampled per round")
-    score_batches: int = Field(1, ge=1, description="probe batches for gradient-norm scores")
+    score_batches: int = Field(1, ge=1, le=1000,
+                               description="probe batches for gradient-norm scores")  # fmt: skip
     fim_per_client: bool = False
     pilot_gamma: float = Field(0.5, ge=0, le=1)
     stagg_mu: float = Field(0.5, ge=0, le=1)
@@ -96,22 +123,23 @@ class LinkSection(_Strict):
 class DeviceSection(_Strict):
     name: str
     chip: str = "roma-3b-w4"
-    count: int = Field(1, ge=0)
+    count: int = Field(1, ge=0, le=MAX_CLIENTS)
     overrides: dict[str, float | int | str] = {}
     link: LinkSection = LinkSection()
 
 
 class SimulationSection(_Strict):
-    client_cpus: float = Field(2, gt=0)
-    num_cpus: int | None = None
+    client_cpus: float = Field(2, gt=0, le=MAX_THREADS)
+    num_cpus: int | None = Field(None, ge=1, le=MAX_THREADS,
+                                 description="CPUs Ray may use; leave it out for all")  # fmt: skip
     verbose: bool = False
 
 
 class FaultSection(_Strict):
     """Testing aid: make client ``cid`` misbehave in ``round`` (0: every round)."""
 
-    cid: int = Field(ge=0)
-    round: int = Field(0, ge=0)
+    cid: int = Field(ge=0, le=MAX_CLIENTS)
+    round: int = Field(0, ge=0, le=MAX_ROUNDS)
     kind: Literal["raise", "nan", "shape"] = "raise"
 
 
@@ -161,20 +189,60 @@ class FLConfig(_Strict):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FLConfig:
+        """Rules that span sections: enough clients and data, faults name real clients."""
+        n = self.n_clients
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise RomsimInputError("devices.name", names, "device class names must be unique")
+        if not 1 <= n <= MAX_CLIENTS:
+            raise RomsimInputError(
+                "devices.count", n, f"the device counts must add up to 1..{MAX_CLIENTS} clients"
+            )
+        if self.data.n_train < n:
+            raise RomsimInputError(
+                "data.n_train", self.data.n_train, f"must be >= the number of clients ({n})"
+            )
+        if self.data.eval_examples > self.data.n_test:
+            raise RomsimInputError(
+                "data.eval_examples",
+                self.data.eval_examples,
+                f"must be <= data.n_test ({self.data.n_test})",
+            )
+        for i, f in enumerate(self.faults):
+            if f.cid >= n:
+                raise RomsimInputError(
+                    f"faults.{i}.cid", f.cid, f"no such client: client ids are 0..{n - 1}"
+                )
+            if f.round > self.run.rounds:
+                raise RomsimInputError(
+                    f"faults.{i}.round",
+                    f.round,
+                    f"the run has {self.run.rounds} rounds (0: every round)",
+                )
+        return self
+
 
 def fl_config_from_dict(data: dict, source: str = "<dict>") -> FLConfig:
+    """Validate ``data`` (a parsed FL TOML); any bad value is one :class:`RomsimInputError`."""
     try:
         return FLConfig.model_validate(data)
     except ValidationError as e:
-        raise from_validation_error(e, source) from None
+        # a cross-field rule raised RomsimInputError inside a validator: keep its field name
+        ctx = e.errors()[0].get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, RomsimInputError):
+            raise RomsimInputError(inner.field, inner.value, inner.rule, source) from None
+        raise from_validation_error(e, source, FLConfig) from None
 
 
 def load_fl_config(path: str | Path) -> FLConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise RomsimInputError("--config", str(path), "no such file")
+    """The FL config in the TOML file ``path`` (``--config``): missing, a folder, binary or
+    non-UTF-8, bad TOML, bad values -- each is one :class:`RomsimInputError`."""
+    text = read_user_text(path, "--config", "TOML")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RomsimInputError("--config", str(path), f"is not valid TOML ({e})") from None
-    return fl_config_from_dict(data, source=str(p))
+    return fl_config_from_dict(data, source=str(Path(path)))

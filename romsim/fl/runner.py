@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from romsim import jsonout
 from romsim.errors import RomsimInputError
 
 log = logging.getLogger("romsim.fl")
@@ -101,16 +103,186 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def read_checkpoint(ck: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+# files only a finished (or started) run leaves in its output folder; a new run refuses them
+RUN_OUTPUTS = ("checkpoint/state.json", "metrics.json", "metrics.csv", "adapter")
+
+
+def expected_adapter_shapes(cfg, devices=None) -> dict[str, tuple[int, int]]:
+    """The global adapter's arrays (canonical key -> shape) from the model spec, torch-free:
+    ``A`` is (rank, in_features), ``B`` (out_features, rank); the same as
+    :func:`romsim.fl.train.adapter_shapes` of the loaded model."""
+    devices = make_devices(cfg) if devices is None else devices
+    spec, r = devices[0].model, cfg.lora.rank
+    out: dict[str, tuple[int, int]] = {}
+    for layer in range(spec.n_layers):
+        for kind in cfg.lora.targets:
+            n_out, k_in = spec.linear_shape(kind)
+            out[f"{layer}.{kind}.A"] = (r, k_in)
+            out[f"{layer}.{kind}.B"] = (n_out, r)
+    return out
+
+
+def _bad(path: Path, field: str, value: object, rule: str) -> RomsimInputError:
+    return RomsimInputError(field, value, rule, source=str(path))
+
+
+def _read_state(path: Path) -> dict:
+    """``checkpoint/state.json``: a JSON object with round, file, config digest, rows, details."""
+    try:
+        st = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(path, "file", path.name, f"is truncated or corrupt ({e})") from None
+    if not isinstance(st, dict):
+        raise _bad(path, "file", path.name, "is not a JSON object")
+    types = {"round": int, "file": str, "config_digest": str, "rows": list, "details": list}
+    for key, typ in types.items():
+        v = st.get(key)
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise _bad(path, key, v, f"missing or not a {typ.__name__}")
+    if st["round"] < 0:
+        raise _bad(path, "round", st["round"], "must be >= 0")
+    for i, row in enumerate(st["rows"]):
+        if not isinstance(row, dict) or row.get("round") != i:
+            shown = row.get("round") if isinstance(row, dict) else row
+            raise _bad(path, f"rows.{i}.round", shown, f"is not the metrics row of round {i}")
+        for k in CSV_FIELDS:  # JSON writes NaN as null; the rows in memory hold NaN again
+            if row.get(k, 0.0) is None:
+                row[k] = float("nan")
+            elif not isinstance(row.get(k, 0.0), int | float):
+                raise _bad(path, f"rows.{i}.{k}", row.get(k), "is not a number")
+    return st
+
+
+def _load_npz_checked(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise _bad(path, "file", path.name, "is missing (the checkpoint is incomplete)")
+    try:
+        return _load_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise _bad(path, "file", path.name, f"is truncated or corrupt ({e})") from None
+
+
+def _check_arrays(path: Path, prefix: str, arrs: dict[str, np.ndarray],
+                  shapes: dict[str, tuple[int, ...]], exact: bool) -> None:  # fmt: skip
+    """Keys, shapes, float dtype and finiteness of ``arrs`` against ``shapes``."""
+    if exact and set(arrs) != set(shapes):
+        missing = sorted(set(shapes) - set(arrs))[:3]
+        extra = sorted(set(arrs) - set(shapes))[:3]
+        what = f"missing {missing}" if missing else f"unknown {extra}"
+        raise _bad(path, f"{prefix}*", f"{len(arrs)} tensors",
+                   f"do not match the config's adapter ({len(shapes)} tensors): {what}")  # fmt: skip
+    for k in sorted(arrs):
+        a = arrs[k]
+        if k not in shapes:
+            raise _bad(path, prefix + k, tuple(a.shape), "is not a tensor of the config's adapter")
+        if tuple(a.shape) != tuple(shapes[k]):
+            raise _bad(path, prefix + k, tuple(a.shape), f"wrong shape, expected {shapes[k]}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise _bad(path, prefix + k, str(a.dtype), "is not a float tensor")
+        if not np.all(np.isfinite(a)):
+            raise _bad(path, prefix + k, tuple(a.shape), "holds NaN or inf")
+
+
+def read_checkpoint(ck: Path, cfg=None, shapes: dict[str, tuple[int, int]] | None = None,
+                    ) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
     """The last checkpoint in ``ck`` (a run's ``checkpoint/`` folder): its state (round,
-    metrics rows, config digest), the global adapter arrays and the strategy's state arrays."""
-    st = json.loads((ck / "state.json").read_text())
-    arrs = _load_npz(ck / st["file"])
+    metrics rows, config digest), the global adapter arrays and the strategy's state arrays.
+
+    Nothing read is trusted: a truncated or corrupt file, a round outside ``cfg``'s run, a
+    different config, missing/extra tensors, wrong shapes (``shapes``: the adapter's, default
+    :func:`expected_adapter_shapes`) or NaN/inf are each one :class:`RomsimInputError` naming
+    the file."""
+    st_path = ck / "state.json"
+    st = _read_state(st_path)
+    rnd = st["round"]
+    if cfg is not None:
+        if not 0 <= rnd <= cfg.run.rounds:
+            raise _bad(st_path, "round", rnd,
+                       f"is outside this run (0..run.rounds = {cfg.run.rounds})")  # fmt: skip
+        if st["config_digest"] != config_digest(cfg):
+            raise _bad(st_path, "config_digest", st["config_digest"],
+                       "written by a different config (resume with the one it started with)")  # fmt: skip
+    if st["file"] != f"round-{rnd:04d}.npz":  # also: no path outside checkpoint/
+        raise _bad(st_path, "file", st["file"], f"is not the file of round {rnd}")
+    if len(st["rows"]) != rnd + 1 or len(st["details"]) != rnd:
+        raise _bad(st_path, "rows", f"{len(st['rows'])} rows, {len(st['details'])} details",
+                   f"round {rnd} needs {rnd + 1} metrics rows and {rnd} details")  # fmt: skip
+    npz = ck / st["file"]
+    arrs = _load_npz_checked(npz)
+    unknown = sorted(k for k in arrs if not k.startswith(("global/", "planner/")))
+    if unknown:
+        raise _bad(npz, unknown[0], None, "is not a checkpoint tensor (global/ or planner/)")
 
     def part(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix) :]: v for k, v in arrs.items() if k.startswith(prefix)}
 
-    return st, part("global/"), part("planner/")
+    glob, planner = part("global/"), part("planner/")
+    if cfg is not None:
+        shapes = expected_adapter_shapes(cfg) if shapes is None else shapes
+    if shapes is not None:
+        _check_arrays(npz, "global/", glob, shapes, exact=True)
+        _check_planner_arrays(npz, planner, shapes)
+    return st, glob, planner
+
+
+def _check_planner_arrays(npz: Path, arrs: dict[str, np.ndarray],
+                          shapes: dict[str, tuple[int, int]]) -> None:  # fmt: skip
+    """The strategy's state: STAgg's previous update per adapter tensor, the last norms."""
+    stagg = {k[len("stagg/") :]: v for k, v in arrs.items() if k.startswith("stagg/")}
+    _check_arrays(npz, "planner/stagg/", stagg, shapes, exact=False)
+    other = sorted(set(arrs) - {f"stagg/{k}" for k in stagg} - {"norms/keys", "norms/values"})
+    if other:
+        raise _bad(npz, "planner/" + other[0], None, "is not a strategy state tensor")
+    if ("norms/keys" in arrs) != ("norms/values" in arrs):
+        raise _bad(npz, "planner/norms", sorted(arrs), "needs both norms/keys and norms/values")
+    if "norms/keys" in arrs:
+        keys, vals = arrs["norms/keys"], arrs["norms/values"]
+        if keys.ndim != 1 or vals.shape != keys.shape or keys.dtype.kind != "U":
+            raise _bad(npz, "planner/norms/values", tuple(vals.shape),
+                       f"must be numbers, one per key ({keys.shape})")  # fmt: skip
+        if not np.issubdtype(vals.dtype, np.number) or not np.all(np.isfinite(vals)):
+            raise _bad(npz, "planner/norms/values", str(vals.dtype), "must be finite numbers")
+
+
+def check_run_folder(out: Path, resume: bool, field: str = "--out") -> bool:
+    """Refuse to overwrite a run: ``out`` must be a writable folder (or makeable), and without
+    ``resume`` hold none of :data:`RUN_OUTPUTS`. True when there is a checkpoint to resume."""
+    from romsim.paths import check_output_dir
+
+    check_output_dir(out, field)
+    has_ck = (out / "checkpoint" / "state.json").exists()
+    present = [n for n in RUN_OUTPUTS if (out / n).exists()]
+    if not resume and has_ck:
+        raise RomsimInputError(field, str(out),
+                               "holds a checkpoint: pass --resume to continue it or pick another folder")  # fmt: skip
+    if not resume and present:
+        raise RomsimInputError(field, str(out),
+                               f"holds a finished run ({present[0]}): pick another folder")  # fmt: skip
+    if resume and not has_ck and present:
+        raise RomsimInputError("--resume", str(out),
+                               f"holds a run ({present[0]}) but no checkpoint/state.json to resume from")  # fmt: skip
+    return resume and has_ck
+
+
+def _check_model_file(cfg) -> None:
+    if cfg.model.gguf in ("tiny", "smollm2"):
+        return
+    p = Path(cfg.model.gguf)
+    if not p.is_file():
+        raise RomsimInputError("model.gguf", cfg.model.gguf,
+                               "no such file (a LLaMA GGUF path, 'smollm2' or 'tiny')")  # fmt: skip
+
+
+def preflight(cfg, out: str | Path, resume: bool, field: str = "--out"):
+    """Every check that needs no torch, Ray or model, so a bad input fails in well under a
+    second: devices, the model file, the output folder and, on resume, the whole checkpoint.
+    Returns the validated checkpoint (see :func:`read_checkpoint`) or None (a fresh start)."""
+    devices = make_devices(cfg)
+    _check_model_file(cfg)
+    out_p = Path(out)
+    if check_run_folder(out_p, resume, field):
+        return read_checkpoint(out_p / "checkpoint", cfg, expected_adapter_shapes(cfg, devices))
+    return None
 
 
 def runtime_from_run_config(run_config) -> dict:
@@ -210,6 +382,7 @@ class ServerLoop:
         )
 
         cfg = self.cfg
+        ckpt = preflight(cfg, self.out, self.resume)  # again here: the deployment engine
         self.out.mkdir(parents=True, exist_ok=True)
         ck = self.out / "checkpoint"
         ck.mkdir(exist_ok=True)
@@ -221,24 +394,21 @@ class ServerLoop:
         ds = load_dataset(cfg.data)
         test = ds.test[: cfg.data.eval_examples]
 
-        state_path = ck / "state.json"
         rows: list[dict] = []
         details: list[dict] = []
         start = 1
-        if self.resume and state_path.is_file():
-            st, glob, planner_arrays = read_checkpoint(ck)
-            if st["config_digest"] != cdig:
-                raise RomsimInputError("--resume", str(self.out),
-                                       "the checkpoint was written by a different config")  # fmt: skip
+        if ckpt is not None:
+            # the real model's shapes are the authority (the spec's were checked before Ray)
+            st, glob, planner_arrays = read_checkpoint(ck, cfg, adapter_shapes(bundle))
             planner.load_state_arrays(planner_arrays)
             rows, details = st["rows"], st["details"]
             start = st["round"] + 1
             log.info("resuming %s after round %d", self.out, st["round"])
         else:
             glob = init_adapter(adapter_shapes(bundle), cfg.run.seed)
-        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (self.out / "config.json").write_text(jsonout.dumps(cfg.to_dict(), indent=2))
         (self.out / "devices.json").write_text(
-            json.dumps([d.describe() for d in devices], indent=2)
+            jsonout.dumps([d.describe() for d in devices], indent=2)
         )
 
         node_of = self._discover()
@@ -340,6 +510,9 @@ class ServerLoop:
         finally:
             prog.close()
         write_metrics(self.out, rows, details)
+        bad = sorted(k for k, a in glob.items() if not np.all(np.isfinite(a)))
+        if bad:  # cannot happen: updates with NaN/inf are dropped; never export one
+            raise RuntimeError(f"the global adapter holds NaN/inf in {bad[:3]}; not exported")
         export_peft(bundle, glob, str(self.out / "adapter"))
         try:
             plot_metrics(self.out, rows)
@@ -353,7 +526,7 @@ class ServerLoop:
         name = f"round-{rnd:04d}.npz"
         _save_npz(ck / name, arrs)
         st = {"round": rnd, "file": name, "config_digest": cdig, "rows": rows, "details": details}
-        _atomic_write(ck / "state.json", json.dumps(st).encode())
+        _atomic_write(ck / "state.json", jsonout.dumps(st).encode())
         for old in ck.glob("round-*.npz"):
             if old.name != name:
                 old.unlink()
@@ -399,7 +572,7 @@ def write_metrics(out: Path, rows: list[dict], details: list[dict]) -> None:
         w.writerow({k: r.get(k) for k in CSV_FIELDS})
     _atomic_write(out / "metrics.csv", buf.getvalue().encode())
     _atomic_write(out / "metrics.json",
-                  json.dumps({"rounds": rows, "details": details}, indent=1).encode())  # fmt: skip
+                  jsonout.dumps({"rounds": rows, "details": details}, indent=1).encode())  # fmt: skip
 
 
 def plot_metrics(out: Path, rows: list[dict]) -> None:
@@ -426,10 +599,12 @@ class _Progress:
         self.p = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+        # on stderr: stdout carries only the JSON summary (``romsim fl run ... | jq``)
         self.p = Progress(TextColumn("[bold]FL rounds"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[info]}"))  # fmt: skip
+                          TextColumn("{task.fields[info]}"), console=Console(stderr=True))  # fmt: skip
         self.p.start()
         self.t = self.p.add_task("rounds", total=total, completed=done, info="")
 
@@ -472,19 +647,24 @@ def _prepare_env(out: Path) -> None:
 def run_fl(cfg, out: str | None = None, resume: bool = False, progress: bool = True,
            stop_after: int | None = None) -> dict:  # fmt: skip
     """Run ``cfg`` in Flower's simulation engine (embedded, no servers to start)."""
+    from romsim.fl.quiet import quiet_third_party
+
+    quiet_third_party()
+    out_p = Path(out or cfg.run.out)
+    # every check that needs no Ray/torch, before the output folder is touched
+    preflight(cfg, out_p, resume, "--out" if out else "run.out")
     from romsim.fl import apps
 
-    make_devices(cfg)  # validate devices before touching the output folder or starting Ray
-    out_p = Path(out or cfg.run.out)
-    if not resume and (out_p / "checkpoint" / "state.json").exists():
-        raise RomsimInputError("--out", str(out_p),
-                               "holds a checkpoint: pass --resume to continue it or pick another folder")  # fmt: skip
     out_p.mkdir(parents=True, exist_ok=True)
     _prepare_env(out_p)
     result: dict = {}
+    input_errors: list[RomsimInputError] = []
 
     def _main(grid, context):
-        result.update(ServerLoop(grid, cfg, str(out_p), resume, progress, stop_after).run())
+        try:
+            result.update(ServerLoop(grid, cfg, str(out_p), resume, progress, stop_after).run())
+        except RomsimInputError as e:  # one line for the user, not Flower's traceback
+            input_errors.append(e)
 
     from flwr.serverapp import ServerApp
 
@@ -504,9 +684,12 @@ def run_fl(cfg, out: str | None = None, resume: bool = False, progress: bool = T
     }
     from flwr.simulation import run_simulation
 
+    quiet_third_party()  # again: importing flwr.simulation put its own filter in front
     run_simulation(server_app=server, client_app=apps.client_app,
                    num_supernodes=cfg.n_clients, backend_config=backend,
                    verbose_logging=sim.verbose)  # fmt: skip
+    if input_errors:
+        raise input_errors[0]
     if not result:
         raise RuntimeError(f"the federated run failed; see {out_p / 'log.txt'}")
     return result
