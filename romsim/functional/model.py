@@ -15,7 +15,9 @@ the float path (``path="float"``); vector work (norms, RoPE, attention, SiLU) is
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -133,6 +135,13 @@ def _check_rom(rom: RomImage, hp: LlamaHParams) -> None:
                     (qt.n, qt.k),
                     f"shape must be {(n, k)} for this model",
                 )
+    for name in ("lm_head", "embed"):
+        if name in rom and (rom[name].n, rom[name].k) != (hp.vocab_size, hp.hidden_size):
+            raise RomsimInputError(
+                f"rom image {name}",
+                (rom[name].n, rom[name].k),
+                f"shape must be {(hp.vocab_size, hp.hidden_size)} for this model",
+            )
 
 
 def _linear_shapes(hp: LlamaHParams) -> dict[str, tuple[int, int]]:
@@ -151,62 +160,317 @@ def _linear_shapes(hp: LlamaHParams) -> dict[str, tuple[int, int]]:
 
 @dataclass
 class LoraAdapter:
-    """LoRA factors per ROM matrix name: ``A[r, K]``, ``B[N, r]`` (already in GGUF row order)."""
+    """LoRA factors per ROM matrix name: ``A[r, K]``, ``B[N, r]`` (already in GGUF row order).
+    The path adds ``x @ A.T @ B.T * alpha / rank``."""
 
     rank: int
     alpha: float
     factors: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def load_peft_adapter(path, hp: LlamaHParams) -> LoraAdapter:
-    """Read a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)."""
+# HF module name -> ROM matrix kind
+PEFT_TARGETS = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
+_ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_LORA_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:\w+\.)*?(\w+)\.lora_([AB])\.(?:\w+\.)?weight$")
+_ST_DTYPES: dict[str, tuple[str, int]] = {"F64": ("<f8", 8), "F32": ("<f4", 4), "F16": ("<f2", 2)}
+_ST_DTYPES["BF16"] = ("<u2", 2)
+
+
+def read_safetensors(path, field: str = "--lora") -> dict[str, np.ndarray]:
+    """The float tensors of a safetensors file as float32 (F64/F32/F16/BF16), every header
+    field checked; a corrupt or truncated file is one :class:`RomsimInputError`."""
     import json
-    from pathlib import Path
+    import math
 
-    from safetensors.numpy import load_file
+    from romsim.paths import read_user_bytes
 
-    p = Path(path)
-    cfg_p = p / "adapter_config.json"
-    if not cfg_p.is_file():
-        raise RomsimInputError("lora", str(p), "no adapter_config.json in that folder")
-    cfg = json.loads(cfg_p.read_text())
-    r = int(cfg.get("r", 8))
-    alpha = float(cfg.get("lora_alpha", r))
-    files = [p / "adapter_model.safetensors"]
-    if not files[0].is_file():
-        raise RomsimInputError("lora", str(p), "no adapter_model.safetensors in that folder")
-    tensors = load_file(str(files[0]))
-    hf = {
-        "q_proj": "q",
-        "k_proj": "k",
-        "v_proj": "v",
-        "o_proj": "o",
-        "gate_proj": "gate",
-        "up_proj": "up",
-        "down_proj": "down",
-    }
-    factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for key, a in tensors.items():
-        if ".lora_A." not in key:
+    raw = read_user_bytes(path, field)
+    src = str(path)
+
+    def bad(what: str, value: object, rule: str) -> RomsimInputError:
+        return RomsimInputError(what, value, rule, source=src)
+
+    if len(raw) < 8:
+        raise bad("file size", len(raw), "too short for a safetensors header (corrupt)")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise bad("header length", n, f"runs past the end of the {len(raw)}-byte file (corrupt)")
+    try:
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise bad("header", f"{n} bytes", "is not JSON (not a safetensors file?)") from None
+    if not isinstance(header, dict):
+        raise bad("header", type(header).__name__, "must be a JSON object")
+    data = memoryview(raw)[8 + n :]
+    out: dict[str, np.ndarray] = {}
+    for name, ent in header.items():
+        if name == "__metadata__":
             continue
-        parts = key.split(".")
         try:
-            li = int(parts[parts.index("layers") + 1])
-        except (ValueError, IndexError):
-            raise RomsimInputError("lora tensor", key, "cannot find the layer index") from None
-        mod = next((m for m in hf if f".{m}." in key), None)
-        if mod is None:
-            raise RomsimInputError("lora tensor", key, f"target must be one of {', '.join(hf)}")
-        b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        a = np.asarray(a, np.float32)
-        b = np.asarray(b, np.float32)
-        kind = hf[mod]
+            dtype, shape, (b0, b1) = (
+                ent["dtype"],
+                [int(d) for d in ent["shape"]],
+                ent["data_offsets"],
+            )
+            b0, b1 = int(b0), int(b1)
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name}", "{...}", "needs dtype, shape, data_offsets") from None
+        if dtype not in _ST_DTYPES:
+            raise bad(f"tensor {name} dtype", dtype, f"supported: {', '.join(_ST_DTYPES)}")
+        np_dt, size = _ST_DTYPES[dtype]
+        want = math.prod(shape) * size
+        if min(shape, default=0) < 0 or not 0 <= b0 <= b1 <= len(data) or b1 - b0 != want:
+            raise bad(
+                f"tensor {name} data_offsets",
+                [b0, b1],
+                f"must span {want} bytes inside the {len(data)}-byte data (truncated or corrupt)",
+            )
+        arr = np.frombuffer(data[b0:b1], dtype=np_dt)
+        if dtype == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr.astype(np.float32).reshape(shape)
+    return out
+
+
+def _adapter_files(path) -> tuple[Path, Path]:
+    """(adapter_config.json, adapter_model.safetensors) of a ``--lora`` folder, or of a folder
+    named through one of its two files."""
+    p = Path(path)
+    if not p.exists():
+        raise RomsimInputError("--lora", str(path), "no such folder or file")
+    if p.is_file():
+        if p.name != _ADAPTER_CONFIG and p.suffix != ".safetensors":
+            raise RomsimInputError(
+                "--lora",
+                str(path),
+                f"give the adapter folder ({_ADAPTER_CONFIG} + {_ADAPTER_WEIGHTS})",
+            )
+        folder = p.parent
+        weights = p if p.suffix == ".safetensors" else folder / _ADAPTER_WEIGHTS
+    elif p.is_dir():
+        folder, weights = p, p / _ADAPTER_WEIGHTS
+    else:
+        raise RomsimInputError("--lora", str(path), "is neither a folder nor a regular file")
+    cfg = folder / _ADAPTER_CONFIG
+    if not cfg.exists():
+        raise RomsimInputError("--lora", str(folder), f"no {_ADAPTER_CONFIG} in that folder")
+    if not weights.exists():
+        rule = f"no {_ADAPTER_WEIGHTS} in that folder"
+        if (folder / "adapter_model.bin").exists():
+            rule += " (adapter_model.bin, a pickle, is not read; save with safetensors)"
+        raise RomsimInputError("--lora", str(folder), rule)
+    return cfg, weights
+
+
+def _adapter_config(cfg_p: Path) -> tuple[int, float]:
+    """(rank, effective alpha) of a PEFT adapter_config.json; anything other than plain LoRA
+    on the seven decoder projections is refused."""
+    import json
+    import math
+
+    from romsim.paths import read_user_text
+
+    src = str(cfg_p)
+    text = read_user_text(cfg_p, "--lora", "JSON")
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise RomsimInputError("json", f"line {e.lineno}", f"invalid JSON ({e.msg})", src) from None
+    if not isinstance(cfg, dict):
+        raise RomsimInputError("json", type(cfg).__name__, "must be a JSON object", src)
+    pt = cfg.get("peft_type")
+    if not isinstance(pt, str) or pt.upper() != "LORA":
+        raise RomsimInputError("peft_type", pt, "only LoRA adapters ('LORA') are supported", src)
+    r = cfg.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise RomsimInputError("r", r, "must be an integer >= 1", src)
+    alpha = cfg.get("lora_alpha", r)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise RomsimInputError("lora_alpha", alpha, "must be a finite number", src)
+    for key, rule in (
+        ("use_dora", "DoRA is not supported"),
+        ("fan_in_fan_out", "only fan_in_fan_out = false (nn.Linear layout) is supported"),
+        ("lora_bias", "LoRA bias terms are not supported"),
+        ("rank_pattern", "per-module ranks are not supported"),
+        ("alpha_pattern", "per-module alphas are not supported"),
+        ("modules_to_save", "full modules saved with the adapter are not supported"),
+    ):
+        if cfg.get(key):
+            raise RomsimInputError(key, cfg[key], rule, src)
+    if cfg.get("bias", "none") != "none":
+        raise RomsimInputError("bias", cfg["bias"], "only 'none' is supported", src)
+    tm = cfg.get("target_modules")
+    if isinstance(tm, list):  # a string is a regex; the tensors are checked below anyway
+        unknown = [m for m in tm if str(m).rsplit(".", 1)[-1] not in PEFT_TARGETS]
+        if unknown:
+            raise RomsimInputError(
+                "target_modules", unknown[0], f"this model has only {', '.join(PEFT_TARGETS)}", src
+            )
+    if cfg.get("use_rslora"):  # scale alpha / sqrt(r) == alpha_eff / r
+        alpha = float(alpha) * math.sqrt(r)
+    return r, float(alpha)
+
+
+@dataclass
+class PeftAdapterFile:
+    """A PEFT LoRA adapter as read from disk, not yet checked against a model."""
+
+    rank: int
+    alpha: float  # effective: rsLoRA's alpha / sqrt(r) folded in as alpha * sqrt(r) / r
+    tensors: dict[str, np.ndarray]
+    source: str  # the safetensors file
+
+
+def read_peft_adapter(path) -> PeftAdapterFile:
+    """Read and check a PEFT LoRA adapter (a folder with adapter_config.json +
+    adapter_model.safetensors, or either file of it); needs no model."""
+    cfg_p, w_p = _adapter_files(path)
+    r, alpha = _adapter_config(cfg_p)
+    return PeftAdapterFile(r, alpha, read_safetensors(w_p), str(w_p))
+
+
+def load_peft_adapter(path, hp: LlamaHParams) -> LoraAdapter:
+    """A PEFT LoRA adapter for the model of ``hp`` (:func:`read_peft_adapter` +
+    :func:`adapter_for_model`)."""
+    return adapter_for_model(read_peft_adapter(path), hp)
+
+
+def adapter_for_model(f: PeftAdapterFile, hp: LlamaHParams) -> LoraAdapter:
+    """Bind an adapter file to the model of ``hp``. Every tensor is checked: name, layer,
+    target, shape (``A[r, K]``, ``B[N, r]``), finite values; a bad or foreign adapter is one
+    :class:`RomsimInputError` naming the file. Q/K rows of B go into GGUF order."""
+    r, alpha, tensors, src = f.rank, f.alpha, f.tensors, f.source
+    shapes = _linear_shapes(hp)
+    found: dict[tuple[int, str], dict[str, tuple[str, np.ndarray]]] = {}
+    for key, arr in tensors.items():
+        m = _LORA_KEY.search(key)
+        if m is None:
+            raise RomsimInputError(
+                "tensor", key, "not a LoRA A/B weight of a decoder layer projection", src
+            )
+        li, mod, ab = int(m.group(1)), m.group(2), m.group(3)
+        if mod not in PEFT_TARGETS:
+            raise RomsimInputError(
+                "tensor", key, f"target {mod!r}: this model has only {', '.join(PEFT_TARGETS)}", src
+            )
+        if li >= hp.n_layers:
+            raise RomsimInputError(
+                "tensor", key, f"layer {li}: this model has {hp.n_layers} layers", src
+            )
+        kind = PEFT_TARGETS[mod]
+        n, k = shapes[kind]
+        want = (r, k) if ab == "A" else (n, r)
+        if arr.shape != want:
+            other = arr.shape[1] if ab == "A" else arr.shape[0] if arr.ndim == 2 else None
+            mine = k if ab == "A" else n
+            if arr.ndim == 2 and other == mine:
+                why = f"rank mismatch (adapter_config.json says r = {r})"
+            else:
+                why = (
+                    f"the adapter was made for a different model (this one: hidden "
+                    f"{hp.hidden_size}, {hp.n_heads}/{hp.n_kv_heads} heads of {hp.head_dim}, "
+                    f"ffn {hp.intermediate_size})"
+                )
+            raise RomsimInputError(
+                f"tensor {key} shape", tuple(arr.shape), f"must be {want}: {why}", src
+            )
+        if not np.isfinite(arr).all():
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise RomsimInputError(
+                f"tensor {key}", f"{bad} non-finite values", "must be finite", src
+            )
+        slot = found.setdefault((li, kind), {})
+        if ab in slot:
+            raise RomsimInputError("tensor", key, f"duplicates {slot[ab][0]}", src)
+        slot[ab] = (key, arr)
+    if not found:
+        raise RomsimInputError("tensors", 0, "the file holds no LoRA tensors", src)
+    factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for (li, kind), slot in sorted(found.items()):
+        if len(slot) != 2:
+            (have,) = slot.values()
+            miss = "lora_B" if "A" in slot else "lora_A"
+            raise RomsimInputError("tensor", have[0], f"has no matching {miss}", src)
+        a, b = slot["A"][1], slot["B"][1]
         if kind == "q":
             b = permute_qk_rows(b, hp.n_heads)
         elif kind == "k":
             b = permute_qk_rows(b, hp.n_kv_heads)
         factors[f"layers.{li}.{kind}"] = (np.ascontiguousarray(a), np.ascontiguousarray(b))
     return LoraAdapter(rank=r, alpha=alpha, factors=factors)
+
+
+ACT_BITS_RANGE = (2, 16)  # romsim.kernels.qmatmul.quantize_act_bfp; the int32 proof covers <= 8
+_KV_BYTES = {"fp32": 4.0, "fp16": 2.0}
+
+
+def kv_bytes_per_token(hp: LlamaHParams, kv_format: str, kv_group: int) -> float:
+    """SRAM bytes of one token's K and V over all layers in ``kv_format``."""
+    if kv_format not in KV_FORMATS:
+        raise RomsimInputError("kv_format", kv_format, f"must be one of {', '.join(KV_FORMATS)}")
+    if kv_format == "bfp8" and (kv_group < 1 or hp.head_dim % kv_group):
+        raise RomsimInputError("kv_group", kv_group, f"must divide head_dim {hp.head_dim}")
+    per = _KV_BYTES.get(kv_format, 1.0 + 1.0 / kv_group)
+    return per * hp.n_layers * 2 * hp.n_kv_heads * hp.head_dim
+
+
+def _aligned(sizes) -> int:
+    """Bytes taken by consecutive :meth:`SramBuffer.alloc` regions (8-byte aligned starts)."""
+    used = 0
+    for nbytes in sizes:
+        used = -(-used // 8) * 8 + int(nbytes)
+    return used
+
+
+def sram_fixed_bytes(hp: LlamaHParams, lora: LoraAdapter | None = None) -> int:
+    """SRAM bytes of the norms and LoRA factors (fp32), laid out as :class:`FunctionalModel`
+    does, before the KV cache."""
+    sizes = [4 * hp.hidden_size] * (1 + 2 * hp.n_layers)
+    if lora is not None:
+        for a, b in lora.factors.values():
+            sizes += [4 * a.size, 4 * b.size]
+    return _aligned(sizes)
+
+
+def kv_tokens_fit(free_bytes: int, per_token: float) -> int:
+    """Tokens of KV cache that ``free_bytes`` of SRAM hold (with the model's slack)."""
+    return int(free_bytes // (per_token + 16))
+
+
+def check_sram_fit(
+    hp: LlamaHParams,
+    sram_bytes: int,
+    max_tokens: int,
+    kv_format: str = "fp32",
+    kv_group: int = 8,
+    lora: LoraAdapter | None = None,
+) -> None:
+    """Raise the :class:`SramOverflowError` that :class:`FunctionalModel` would, without
+    allocating anything (norms + LoRA + ``max_tokens`` of KV cache in ``sram_bytes``)."""
+    per = kv_bytes_per_token(hp, kv_format, kv_group)
+    fixed = sram_fixed_bytes(hp, lora)
+    if fixed > sram_bytes:
+        raise SramOverflowError(
+            "sram", f"{fixed} bytes", f"norms + LoRA do not fit in {sram_bytes} bytes of SRAM"
+        )
+    free = sram_bytes - fixed
+    fit = kv_tokens_fit(free, per)
+    if max_tokens > fit:
+        raise SramOverflowError(
+            "max_tokens",
+            max_tokens,
+            f"KV cache for that many tokens does not fit in SRAM "
+            f"({free} bytes free; at most {fit} tokens)",
+        )
 
 
 class KVCache:
@@ -287,6 +551,10 @@ class FunctionalModel:
     ):
         if datapath not in ("int", "float"):
             raise RomsimInputError("datapath", datapath, "must be 'int' or 'float'")
+        lo, hi = ACT_BITS_RANGE
+        if isinstance(act_bits, bool) or not isinstance(act_bits, int) or not lo <= act_bits <= hi:
+            raise RomsimInputError("act_bits", act_bits, f"must be an integer in [{lo}, {hi}]")
+        per_tok = kv_bytes_per_token(hp, kv_format, kv_group)
         self.hp, self.rom, self.path, self.act_bits = hp, rom, datapath, act_bits
         self.sram = SramBuffer(sram_bytes)
         self.norms = {k: self._sram_copy(f"norm.{k}", v) for k, v in norms.items()}
@@ -300,9 +568,7 @@ class FunctionalModel:
                     for nm, (a, b) in lora.factors.items()
                 },
             )
-        per_tok = {"fp32": 4.0, "fp16": 2.0, "bfp8": 1.0 + 1.0 / kv_group}[kv_format]
-        per_tok *= hp.n_layers * 2 * hp.n_kv_heads * hp.head_dim
-        fit = int(self.sram.free_bytes // (per_tok + 16))
+        fit = kv_tokens_fit(self.sram.free_bytes, per_tok)
         if max_tokens is None:
             max_tokens = min(hp.context_length, fit)
         if max_tokens < 1 or max_tokens > fit:
@@ -410,7 +676,15 @@ class FunctionalModel:
         on_token=None,
     ) -> tuple[list[int], dict[str, float]]:
         """Prefill + decode. Returns (new token ids, wall-clock timings in seconds)."""
+        import math
         import time
+
+        if max_new_tokens < 1:
+            raise RomsimInputError("max_new_tokens", max_new_tokens, "must be >= 1")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise RomsimInputError("temperature", temperature, "must be a finite number >= 0")
+        if seed < 0:
+            raise RomsimInputError("seed", seed, "must be >= 0")
 
         rng = np.random.default_rng(seed)
         self.reset()
