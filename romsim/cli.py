@@ -85,6 +85,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     model, chip = _load_design(args)
     _check_context(model, prompt_len=args.prompt_len, gen_len=args.gen_len)
+    if args.batch is not None:
+        chip = chip.with_overrides(**{"operating.batch": args.batch})
+    if args.compare_styles:
+        return _compare_styles(args, model, chip)
     pm = PerfModel(model, chip)
     if not args.allow_unfit:
         require_rom_fit(model, chip, pm.mapping)
@@ -99,6 +103,28 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(f"romsim: error: --strict: the run does not fit: {'; '.join(est.fit_problems)}",
               file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
+    return 0
+
+
+def _compare_styles(args: argparse.Namespace, model, chip) -> int:
+    """The same model and chip with each ROM style (rom.style): B-ROM, ROM macro, logic ROM."""
+    from romsim.estimate import estimate
+
+    out = {}
+    for style in ("brom", "rom", "logic"):
+        c = chip.with_overrides(**{"rom.style": style})
+        out[style] = estimate(model, c, args.prompt_len, args.gen_len, per_layer=False)
+    if args.json:
+        keys = ("area_mm2", "decode_tokens_per_s", "energy_per_token_j", "power_w", "fits")
+        summary = {
+            s: {k: getattr(e, k) for k in keys} | {"area_breakdown_mm2": e.area_breakdown_mm2}
+            for s, e in out.items()
+        }
+        print(jsonout.dumps(summary, indent=None if args.compact else 2))
+    else:
+        from romsim.report import print_style_comparison
+
+        print_style_comparison(out)
     return 0
 
 
@@ -146,6 +172,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if (bad and args.strict) else 0
 
 
+def cmd_constants(args: argparse.Namespace) -> int:
+    from romsim.paths import check_output_file, write_text_atomic
+    from romsim.tech.constants_doc import render_constants
+
+    text = render_constants()
+    if args.write:
+        check_output_file(args.write, "--write")
+        write_text_atomic(args.write, text)
+        print(f"wrote {args.write}")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from romsim.config import load_chip, presets
     from romsim.modelspec import load_model, shipped_models
@@ -175,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.add_argument("--compact", action="store_true", help="with --json: a single line")
     e.add_argument("--detail", action="store_true", help="per-op breakdown and utilisation")
+    e.add_argument(
+        "--batch", type=_positive_int("--batch", 4096), help="sequences decoded together"
+    )
+    e.add_argument(
+        "--compare-styles",
+        action="store_true",
+        help="the same design with each ROM style (brom, rom, logic) side by side",
+    )
     e.add_argument("--strict", action="store_true", help="exit 2 if the run does not fit the SRAM")
     e.add_argument(
         "--allow-unfit",
@@ -195,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.add_argument("--strict", action="store_true", help="exit 1 if a figure misses its target")
     v.set_defaults(func=cmd_validate)
+
+    k = sub.add_parser("constants", help="the technology table and every constant's source")
+    k.add_argument("--write", help="write the markdown to this file (docs/constants.md)")
+    k.set_defaults(func=cmd_constants)
 
     ls = sub.add_parser("list", help="shipped presets or models")
     ls.add_argument("what", choices=["presets", "models"])

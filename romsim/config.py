@@ -6,17 +6,25 @@ presets ``roma-3b-w4`` and ``roma-8b-w2`` (romsim/presets/*.toml).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from romsim.errors import RomsimInputError, from_validation_error
 from romsim.modelspec import LINEAR_KINDS
 from romsim.paths import read_user_text
-from romsim.quant import QuantSpec, WeightFormat, named_quant
+from romsim.quant import QuantSpec, WeightFormat, named_format, named_quant
 
 
 class _Strict(BaseModel):
@@ -38,13 +46,24 @@ WHY_SRAM = "Cerebras WSE-3 holds 44 GB of SRAM on a whole wafer"
 
 
 class TechConfig(_Strict):
-    process_nm: Literal[5, 6, 7, 12, 16, 28] = 7
+    process_nm: int = Field(
+        7, description="technology node in nm: one of romsim/tech/nodes.toml's nodes"
+    )
     clock_hz: float = Field(
         500e6,
         ge=1e6,
         le=6e9,
         description="1 MHz .. 6 GHz (the fastest shipped CPUs boost to ~6 GHz)",
     )
+
+    @field_validator("process_nm")
+    @classmethod
+    def _node_in_table(cls, v: int) -> int:
+        from romsim.tech import nodes_nm
+
+        if v not in nodes_nm():
+            raise ValueError(f"the technology table has {', '.join(map(str, nodes_nm()))} nm")
+        return v
 
 
 class MeshConfig(_Strict):
@@ -74,7 +93,18 @@ class MeshConfig(_Strict):
 class RomConfig(_Strict):
     """The ROM macro inside one fused cell."""
 
-    style: Literal["brom", "rom"] = "brom"
+    style: Literal["brom", "rom", "logic"] = Field(
+        "brom",
+        description="brom: B-ROM fused with its compute (ROMA); rom: a standard ROM macro beside "
+        "the compute; logic: weights synthesized as standard-cell logic",
+    )
+    logic_zero_bit_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="logic ROM: fraction of stored bits that are 0 (no gate); default: measured "
+        "from the real quantized weights (SmolLM2) when no value is given",
+    )
     macro_rows: int = Field(9728, ge=16, le=1 << 20, description="words (rows) per cell")
     word_bits: int = Field(64, ge=8, le=1024, description="bits per ROM word = read width")
     reads_per_cycle: int = Field(1, ge=1, le=8)
@@ -94,6 +124,13 @@ class FusedCellConfig(_Strict):
     )
     act_bits: int = Field(8, ge=2, le=16)
     acc_bits: int = Field(32, ge=8, le=64)
+    weight_reuse_tokens: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="tokens one ROM read serves (operand registers holding a word while the "
+        "MACs take the next tokens' activations); 1: each word streams straight into the MACs",
+    )
     pipeline_depth_cycles: int = Field(6, ge=1, le=256)
     adder_tree_cycles: int = Field(
         7,
@@ -123,8 +160,15 @@ class SramConfig(_Strict):
     act_bytes: int = Field(
         16 << 20, ge=0, le=MAX_SRAM_BYTES, description=f"activations / scratch; {WHY_SRAM}"
     )
-    read_bytes_per_cycle_per_unit: int = Field(64, ge=1, le=MAX_PORT_BYTES, description=WHY_PORT)
-    write_bytes_per_cycle_per_unit: int = Field(64, ge=1, le=MAX_PORT_BYTES, description=WHY_PORT)
+    read_bytes_per_cycle_per_unit: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_PORT_BYTES,
+        description=f"default: every LoRA/KV macro of a unit delivers one word per cycle; {WHY_PORT}",
+    )
+    write_bytes_per_cycle_per_unit: int | None = Field(
+        None, ge=1, le=MAX_PORT_BYTES, description=f"default: as reads; {WHY_PORT}"
+    )
     kv_bits: int = Field(8, ge=4, le=16, description="KV cache element bits")
     kv_group: int = Field(8, ge=1, le=4096, description="KV elements sharing one exponent")
     kv_exp_bits: int = Field(8, ge=0, le=16)
@@ -181,8 +225,50 @@ class LoraConfig(_Strict):
         return self
 
 
+class OperatingConfig(_Strict):
+    """How the chip is run: sequences decoded together, idle units power-gated."""
+
+    batch: int = Field(
+        1, ge=1, le=4096, description="sequences decoded together (each ROM read serves all)"
+    )
+    power_gating: bool = Field(
+        False, description="gate idle units' supply: leakage only while busy, plus the overhead"
+    )
+
+
+class OffChipConfig(_Strict):
+    """The link to memory outside the chip, used by whatever placement puts there (an off-chip
+    LM head or embedding table)."""
+
+    bandwidth_bytes_per_s: float = Field(
+        51.2e9,
+        gt=0,
+        le=10e12,
+        description="LPDDR5X-6400 x64: 51.2 GB/s (JEDEC JESD209-5B); at most 10 TB/s (HBM3E x4)",
+    )
+    energy_pj_per_bit: float = Field(
+        4.0,
+        gt=0,
+        le=100,
+        description="about 4 pJ/bit for HBM2/LPDDR-class DRAM access and I/O (O'Connor et al., "
+        "Fine-Grained DRAM, MICRO 2017: HBM2 3.9 pJ/bit)",
+    )
+
+
 class PlacementConfig(_Strict):
+    """Where the vocabulary tables (vocab x hidden) live. ``lm_head``: the output projection (a
+    matmul). ``embed``: the input embedding, read one row (hidden weights) per token: in ROM at
+    ``quant.overrides.embed``'s format (a tied table placed in ROM for both is stored once, at
+    the LM head's format: romsim.quant.tied_table_format), in the LoRA/KV SRAM at
+    ``embed_bits`` per weight (it shrinks the room left for LoRA and KV), or off chip (the
+    host sends the embedded token; the default, as in the ROMA figures, which count the decoder
+    linears only)."""
+
     lm_head: Literal["rom", "off_chip"] = "rom"
+    embed: Literal["rom", "sram", "off_chip"] = "off_chip"
+    embed_bits: Literal[8, 16] = Field(
+        16, description="bits per weight of the embedding table outside ROM (SRAM or off chip)"
+    )
 
 
 class ChipConfig(_Strict):
@@ -201,10 +287,31 @@ class ChipConfig(_Strict):
     lora: LoraConfig = LoraConfig()
     placement: PlacementConfig = PlacementConfig()
     area: AreaConfig = AreaConfig()
+    operating: OperatingConfig = OperatingConfig()
+    offchip: OffChipConfig = OffChipConfig()
 
     @property
     def n_cells(self) -> int:
         return self.mesh.matrix_units * self.cell.cells_per_unit
+
+    @property
+    def sram_macros_per_unit(self) -> int:
+        """LoRA/KV SRAM macros beside each matrix unit (``area.h_sram_macro_rows`` deep, one
+        ROM-word wide, as the paper's N x 64 compiler macros)."""
+        macro_bytes = self.area.h_sram_macro_rows * self.rom.word_bits / 8
+        per_unit = self.sram.lora_kv_bytes / max(self.mesh.matrix_units, 1)
+        return max(1, math.ceil(per_unit / macro_bytes))
+
+    @property
+    def sram_read_bytes_per_cycle_per_unit(self) -> int:
+        """The configured port width, or all of a unit's macros read in parallel."""
+        v = self.sram.read_bytes_per_cycle_per_unit
+        return v if v is not None else self.sram_macros_per_unit * self.rom.word_bits // 8
+
+    @property
+    def sram_write_bytes_per_cycle_per_unit(self) -> int:
+        v = self.sram.write_bytes_per_cycle_per_unit
+        return v if v is not None else self.sram_read_bytes_per_cycle_per_unit
 
     @property
     def rom_bytes(self) -> int:
@@ -231,13 +338,23 @@ class ChipConfig(_Strict):
 
 
 def _quant_from_toml(q: Any) -> Any:
-    """TOML may give ``quant = "w4g128"`` or a table with default/overrides."""
+    """TOML may give ``quant = "w4g128"`` or a table with default/overrides, whose formats may
+    be tables or single-format names (``default = "w3g128+w6x0.25"``, ``overrides.embed =
+    "w4g128"``)."""
     if isinstance(q, str):
         return named_quant(q).model_dump()
     if not isinstance(q, dict):
         raise RomsimInputError(
             "quant", q, 'must be a format name (quant = "w4g128") or a table [quant]'
         )
+    q = dict(q)
+    if isinstance(q.get("default"), str):
+        q["default"] = named_format(q["default"]).model_dump()
+    if isinstance(q.get("overrides"), dict):
+        q["overrides"] = {
+            k: named_format(v).model_dump() if isinstance(v, str) else v
+            for k, v in q["overrides"].items()
+        }
     return q
 
 

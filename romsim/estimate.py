@@ -8,12 +8,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from romsim.area.energy import dynamic_energy_j
-from romsim.area.model import area_breakdown_mm2, blocks, shares_of
+from romsim.area.model import area_breakdown_mm2, blocks, leakage_w, shares_of
 from romsim.config import ChipConfig
 from romsim.errors import RomsimInputError
 from romsim.mapping import Mapping
 from romsim.modelspec import ModelSpec
-from romsim.perf.memory import kv_bytes_per_token, lora_bytes, max_context_tokens
+from romsim.perf.memory import (
+    embed_sram_bytes,
+    kv_bytes_per_token,
+    lora_bytes,
+    max_context_tokens,
+)
 from romsim.perf.model import PerfModel
 from romsim.quant import model_rom_bytes
 from romsim.units import GiB, MiB
@@ -26,7 +31,7 @@ class Estimate:
     quant: str
     prompt_len: int
     gen_len: int
-    decode_tokens_per_s: float  # average over the generated tokens
+    decode_tokens_per_s: float  # per sequence, average over the generated tokens
     decode_tokens_per_s_empty_kv: float
     ttft_s: float
     total_latency_s: float
@@ -49,6 +54,11 @@ class Estimate:
     utilisation: dict[str, float]
     decode_breakdown_cycles: dict[str, float]
     area_conventional_rom_mm2: float = 0.0  # the same chip with standard ROM beside the MACs
+    batch: int = 1  # sequences decoded together
+    decode_tokens_per_s_total: float = 0.0  # all sequences of the batch
+    energy_breakdown_j: dict[str, float] = field(default_factory=dict)  # per token, by action
+    leakage_w: float = 0.0
+    clock_warning: str = ""  # non-empty when the clock looks unachievable at the node
     per_layer: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -86,11 +96,15 @@ def check_fit(
             f"({chip.rom.macro_rows} rows per cell)"
         )
     lb = lora_bytes(model, chip)
-    kv = context_tokens * kv_bytes_per_token(model, chip)
-    if lb + kv > chip.sram.lora_kv_bytes:
+    B = chip.operating.batch
+    kv = B * context_tokens * kv_bytes_per_token(model, chip)
+    emb = embed_sram_bytes(model, chip)
+    if lb + kv + emb > chip.sram.lora_kv_bytes:
+        seqs = f"{B} x {context_tokens}" if B > 1 else f"{context_tokens}"
+        extra = f" + embedding table ({emb / MiB:.1f} MiB)" if emb else ""
         problems.append(
-            f"sram: LoRA rank {chip.lora.rank} ({lb / MiB:.1f} MiB) + KV cache for {context_tokens} "
-            f"tokens ({kv / MiB:.1f} MiB) need {(lb + kv) / MiB:.1f} MiB, "
+            f"sram: LoRA rank {chip.lora.rank} ({lb / MiB:.1f} MiB) + KV cache for {seqs} "
+            f"tokens ({kv / MiB:.1f} MiB){extra} need {(lb + kv + emb) / MiB:.1f} MiB, "
             f"the config has {chip.sram.lora_kv_bytes / MiB:.1f} MiB"
         )
     return problems
@@ -142,19 +156,22 @@ def estimate(
     ttft_s = pm.prefill_cycles(prompt_len) / f
     mid = float(prompt_len + gen_len / 2)
 
-    # energy: decode events at the mid context stand for the average token (events are linear)
-    bl = blocks(chip)  # area and leakage of every block, computed once
-    leak_w = sum(b.leakage_w for b in bl)
-    dyn = dynamic_energy_j(chip, pm.decode_events(mid))
-    t_tok = decode_s / gen_len
-    e_tok = sum(dyn.values()) + leak_w * t_tok
+    # energy: decode actions at the mid context stand for the average step (actions are linear
+    # in the context); one step produces one token of each of the batch's sequences
+    B = pm.batch
+    bl = blocks(chip)  # area, leakage and action energies of every block, computed once
+    util = pm.utilisation(mid)
+    leak_w = leakage_w(chip, util)
+    dyn = {k: v / B for k, v in dynamic_energy_j(chip, pm.decode_events(mid)).items()}
+    t_step = decode_s / gen_len
+    e_tok = sum(dyn.values()) + leak_w * t_step / B
 
-    area = {b.name: b.area_mm2 for b in bl}
+    area = {b.name: b.area_mm2 for b in bl if b.unit != "off-chip"}
     mapping = pm.mapping
     total_ctx = prompt_len + gen_len
     problems = check_fit(model, chip, mapping, total_ctx)
     lb = lora_bytes(model, chip)
-    kvb = int(total_ctx * kv_bytes_per_token(model, chip))
+    kvb = int(B * total_ctx * kv_bytes_per_token(model, chip))
 
     layers = _per_layer(pm, mid) if per_layer else []
 
@@ -170,14 +187,16 @@ def estimate(
         total_latency_s=ttft_s + decode_s,
         throughput_tokens_per_s=gen_len / (ttft_s + decode_s),
         energy_per_token_j=e_tok,
-        power_w=e_tok / t_tok,
+        power_w=e_tok * B / t_step,
         area_mm2=sum(area.values()),
         area_breakdown_mm2=area,
         area_shares=shares_of(bl),
         rom_bytes=mapping.rom_bytes_used,
-        rom_ideal_bytes=model_rom_bytes(model, chip.quant, chip.placement.lm_head == "rom"),
+        rom_ideal_bytes=model_rom_bytes(
+            model, chip.quant, chip.placement.lm_head == "rom", chip.placement.embed == "rom"
+        ),
         rom_capacity_bytes=chip.rom_bytes,
-        sram_bytes=int(lb + kvb),
+        sram_bytes=int(lb + kvb + embed_sram_bytes(model, chip)),
         sram_capacity_bytes=chip.sram.total_bytes,
         lora_bytes=int(lb),
         kv_bytes=kvb,
@@ -191,8 +210,35 @@ def estimate(
         )
         if chip.rom.style == "brom"
         else sum(area.values()),
+        batch=B,
+        decode_tokens_per_s_total=B * gen_len / decode_s,
+        energy_breakdown_j=dyn,
+        leakage_w=leak_w,
+        clock_warning=clock_warning(chip),
         per_layer=layers,
     )
+
+
+# Hrishikesh et al., "The optimal logic depth per pipeline stage is 6 to 8 FO4 inverter delays",
+# ISCA 2002, plus ~2 FO4 of latch overhead: a clock period below 10 FO4 cannot hold a stage.
+MIN_FO4_PER_CYCLE = 10
+
+
+def clock_warning(chip: ChipConfig) -> str:
+    """A warning (not a refusal) when the clock period is shorter than the shallowest pipeline
+    stage a node allows, or than the fused cell's pipeline needs."""
+    from romsim.tech import node
+
+    fo4_ps = node(chip.tech.process_nm).gate_delay_ps
+    period_ps = 1e12 / chip.clock_hz
+    fo4 = period_ps / fo4_ps
+    if fo4 < MIN_FO4_PER_CYCLE:
+        return (
+            f"tech.clock_hz = {chip.clock_hz:.3g}: a {period_ps:.0f} ps cycle is {fo4:.1f} FO4 "
+            f"delays at {chip.tech.process_nm} nm ({fo4_ps:g} ps each); a pipeline stage needs "
+            f">= {MIN_FO4_PER_CYCLE} FO4 (Hrishikesh et al., ISCA 2002)"
+        )
+    return ""
 
 
 __all__ = ["Estimate", "estimate", "check_fit", "require_rom_fit"]

@@ -19,9 +19,15 @@ def print_estimate(
     )
     t.add_column("metric")
     t.add_column("value", justify="right")
+    per_user = " per sequence" if est.batch > 1 else ""
     rows = [
-        ("decode tokens/s (avg over generation)", f"{est.decode_tokens_per_s:,.0f}"),
+        (f"decode tokens/s{per_user} (avg over generation)", f"{est.decode_tokens_per_s:,.0f}"),
         ("decode tokens/s (empty KV cache)", f"{est.decode_tokens_per_s_empty_kv:,.0f}"),
+        *(
+            [("decode tokens/s, all sequences", f"{est.decode_tokens_per_s_total:,.0f}")]
+            if est.batch > 1
+            else []
+        ),
         ("time to first token", f"{est.ttft_s * 1e3:.3f} ms"),
         ("end-to-end throughput", f"{est.throughput_tokens_per_s:,.0f} tokens/s"),
         ("energy per token", f"{est.energy_per_token_j * 1e3:.3f} mJ"),
@@ -41,6 +47,8 @@ def print_estimate(
     con.print(t)
     for p in est.fit_problems:
         con.print(f"[red]does not fit:[/] {p}", soft_wrap=True)
+    if est.clock_warning:
+        con.print(f"[yellow]warning:[/] {est.clock_warning}", soft_wrap=True)
     a = Table(title="area (mm²)")
     a.add_column("block")
     a.add_column("mm²", justify="right")
@@ -62,3 +70,22 @@ def print_estimate(
         for k, v in est.utilisation.items():
             u.add_row(k, f"{v:.1%}")
         con.print(u)
+
+
+def print_style_comparison(results: dict[str, Estimate], console: Console | None = None) -> None:
+    """One row per ROM style of the same model and chip."""
+    con = console or Console()
+    first = next(iter(results.values()))
+    t = Table(title=f"{first.model} ({first.quant}) on {first.chip}: ROM styles")
+    for col in ("style", "area mm²", "fused cells mm²", "decode tok/s", "mJ/token", "power W"):
+        t.add_column(col, justify="right" if col != "style" else "left")
+    for style, e in results.items():
+        t.add_row(
+            style,
+            f"{e.area_mm2:.1f}",
+            f"{e.area_breakdown_mm2['fused_cells']:.1f}",
+            f"{e.decode_tokens_per_s:,.0f}",
+            f"{e.energy_per_token_j * 1e3:.3f}",
+            f"{e.power_w:.1f}",
+        )
+    con.print(t)

@@ -25,6 +25,7 @@ GEN_LEN_GRID = range(64, 2049, 64)
 
 PAPER_THROUGHPUT = {256: 20_078, 512: 18_703, 1024: 12_840, 2048: 8_533}
 PAPER_CONTEXT_VS_SRAM = {64: 736, 128: 1_600, 256: 3_808}  # MB (read as MiB) -> tokens, rank 16
+ENERGY_TARGET_PCT = 25.0  # predicted energy: the target of a model with no energy fitted
 
 
 @dataclass
@@ -102,26 +103,17 @@ def validation_rows() -> list[Row]:
             )
         )
 
-    # energy/power at the empty-KV decode point the paper divides by
+    # energy/power at the empty-KV decode point the paper divides by: predicted, nothing fitted
     e0 = estimate(m3, c3, 1, 1, per_layer=False, perf=pm3)
     rows += [
+        Row("energy", "power (decode), predicted", 33.1, e0.power_w, "W", ENERGY_TARGET_PCT),
         Row(
             "energy",
-            "power (decode)",
-            33.1,
-            e0.power_w,
-            "W",
-            None,
-            "ROM read energy per bit is fitted to this figure",
-        ),
-        Row(
-            "energy",
-            "energy per token (33.1 W / 31.8K tok/s)",
+            "energy per token (33.1 W / 31.8K tok/s), predicted",
             1.04,
             e0.energy_per_token_j * 1e3,
             "mJ",
-            None,
-            "follows from the fitted power",
+            ENERGY_TARGET_PCT,
         ),
     ]
 
@@ -279,15 +271,22 @@ write-ups that agree with each other. Presets: `roma-3b-w4` (LLaMA-3.2-3B, INT4 
 _NOTES = """
 ## Fitted constants (everything else is a paper figure, a cited constant or a stated choice)
 
+Four hardware constants are fitted, each to a ROMA figure only; no energy or power is fitted.
+
 | constant | value | fitted to |
 |---|---|---|
 | `h_unit.macs_per_unit_per_cycle` | 224 | TTFT at 4K input (attention-bound prefill) |
-| `sram.read_bytes_per_cycle_per_unit` | 64 | decode at 1K cached vs empty KV (KV-read slope) |
 | `rom.bank_rows` (array efficiency of the B-ROM sub-macros) | 1,216 rows (8 per cell) | L-Unit area (73.2 % of 503.7 mm²) |
-| `ROM_READ_PJ_PER_BIT` (romsim/area/tech.py) | 0.117 pJ (B-ROM: x0.6) | 33.1 W during decode |
 | `interconnect.link_bytes_per_cycle` | 256 (chosen from {128, 256}) | decode at 31.8K tokens/s |
 | `area.control_io_fraction` | 4.5 % | "other" area (4.8 % of the die) |
-| output length behind the throughput table | see the table | the table itself (minimax over multiples of 64) |
+
+Not a hardware constant but also inferred from the paper's own numbers: the output length behind
+the throughput-by-input-length table, which the paper does not state (minimax over multiples of
+64, shown in the table rows).
+
+No longer fitted: the ROM read energy (now predicted from the technology table,
+docs/constants.md) and the SRAM read port (now derived: every LoRA/KV macro of a unit delivers
+one 64-bit word per cycle, 9 macros of 16K x 64 bits per unit = 72 bytes per cycle).
 
 Chosen, not fitted (see the preset comments): 96 cells per matrix unit, 64-bit ROM words read
 once per cycle, a MAC array that consumes one word per cycle, 1-cycle mesh hops,
@@ -296,26 +295,136 @@ exponent, 9 bits per value), LoRA on all seven linears in FP8.
 
 ## Notes on the information rows
 
+- **Energy is predicted, and it misses.** Every per-action energy comes from the technology
+  table and its scaling rules (docs/constants.md): Horowitz's 45 nm operation energies scaled to
+  7 nm by the geometry of the node (C ~ linear dimension, E = C V^2), the fused cell's gate and
+  flop counts from Yosys synthesis, wire energy per mm over the die's real hop lengths, SRAM
+  leakage per bit. The prediction is about half of the paper's 33.1 W. What the model spends
+  per token (`romsim estimate --preset roma-3b-w4 --prompt-len 1 --gen-len 1 --json`, field
+  `energy_breakdown_j`): ROM reads, the fused cells' datapath, the activation broadcast over the
+  mesh and across each unit, LoRA/KV SRAM reads, and leakage (mostly the 304 MB of SRAM). Likely
+  causes of the gap, none of them fitted away: the geometric scaling rule is optimistic for SRAM
+  and ROM arrays (their bit lines do not shrink with the cell as the rule assumes), synthesis
+  power of a real netlist adds glitching and the clock tree of the whole die, and the paper's
+  power may include IO. The row is kept as a miss (tests/test_validation.py lists it).
 - **Throughput by input length.** The paper does not state the output length; the minimax fit
   over multiples of 64 is shown in the table. The four figures are not quite smooth in the input
   length (from 256 to 512 input tokens the paper loses 7 % throughput, from 512 to 1K 31 %), so
   the fit has errors of both signs.
-- **Power and energy per token** are not a prediction: the ROM read energy per bit is fitted to
-  the paper's 33.1 W. The per-access energies of everything else are literature values
-  (docs/constants.md).
 - **Cell ablation.** The paper's four L-Unit cell areas (SRAM+compute 59.7, ROM+compute 19.2,
   B-ROM+compute 11.4, fused 6.9 thousand µm²) do not state the cell's capacity, and they imply
   an SRAM array at least 3.1x the ROM array plus compute, while the paper's own compiler figures
   give an SRAM/ROM bit-area ratio of at most 2.2x at equal macro depth. romsim's cell (622,592
   bits, one 64-bit word of MACs per cycle) is ROM-array-dominated: its compute, from Yosys
   synthesis of the generated RTL (romsim/area/synth_calibration.json, docs/rtl.md), is about
-  1.4 thousand µm² against a 15 thousand µm² B-ROM array, so fusing saves little. The rows are
+  1.1 thousand µm² against a 15 thousand µm² B-ROM array, so fusing saves little. The rows are
   shown for information.
 - **Area shares** are compared in mm² (share x 503.7 mm²) because the paper's shares sum to 96 %.
 - **"KV cache up to 4K tokens"** is compared with the longest KV cache that fits beside rank-16
   LoRA in the 288 MiB LoRA+KV SRAM.
 - **SRAM size vs context**: "64 MB" etc. read as MiB of LoRA+KV SRAM, rank 16 on all linears.
 """
+
+
+@dataclass
+class ExternalRow:
+    design: str
+    figure: str
+    published: float
+    romsim: float
+    unit: str
+    note: str
+
+    @property
+    def error_pct(self) -> float:
+        return 100.0 * (self.romsim - self.published) / self.published
+
+
+def external_rows() -> list[ExternalRow]:
+    """Published figures of other ROM-based and on-chip-weight designs
+    (romsim/validation_external.toml, with sources), predicted with no refit: only
+    clock-independent figures (cell area, density, energy per operation)."""
+    from romsim.area.energy import action_energy_j
+    from romsim.area.model import rom_array_mm2
+    from romsim.tech import node
+
+    n65 = node(65)
+    rows = [
+        ExternalRow(
+            "Yin et al., JSSC 2024 (65 nm ROM CiM macro)",
+            "ROM area per stored bit",
+            0.096,
+            n65.rom_bitcell_um2,
+            "µm²/bit",
+            "their 1T multi-level cell stores more than one bit per transistor; romsim's "
+            "ROM cell is a one-bit cell (1/3 of the SRAM cell)",
+        )
+    ]
+    # a 2 Mb standard ROM macro at 65 nm (bit cells + periphery by capacity)
+    bits = 2 * 1024 * 1024
+    mm2 = rom_array_mm2(bits, bits // 64, "rom", n65, 64)
+    rows.append(
+        ExternalRow(
+            "Yin et al., JSSC 2024 (65 nm ROM CiM macro)",
+            "macro weight density, 2 Mb macro",
+            3984,
+            bits / 1024 / mm2,
+            "kb/mm²",
+            "standard one-bit ROM macro with the compiler's periphery; their macro includes "
+            "the CiM periphery",
+        )
+    )
+    # BitROM: ternary weights at 65 nm, 2048 x 1024 arrays
+    bits_b = 2048 * 1024
+    mm2_b = rom_array_mm2(bits_b, 2048, "rom", n65, 1024)
+    rows.append(
+        ExternalRow(
+            "BitROM, arXiv 2509.08542 (65 nm ternary CiROM)",
+            "bit density",
+            39.7,
+            bits_b / 1e6 / mm2_b,
+            "Mb/mm²",
+            "BitROM stores two ternary weights per transistor; romsim has no such cell",
+        )
+    )
+    chip = load_chip("roma-8b-w2").with_overrides(**{"tech.process_nm": 65})
+    chip = chip.model_copy(update={"quant": named_quant("ternary")})
+    ea = action_energy_j(chip)
+    e_mac_j = ea["l_macs"] + 2 * ea["rom_bits"]  # one ternary weight: 2 code bits read + MAC
+    rows.append(
+        ExternalRow(
+            "BitROM, arXiv 2509.08542 (65 nm ternary CiROM)",
+            "energy efficiency",
+            20.8,
+            2 / e_mac_j / 1e12,
+            "TOPS/W",
+            "romsim: ROMA's fused cell at 65 nm with ternary codes (ROM read + cell datapath "
+            "per MAC, 2 ops per MAC); BitROM's voltage and activation width unpublished",
+        )
+    )
+    return rows
+
+
+def render_external(rows: list[ExternalRow]) -> str:
+    lines = [
+        "## Beyond ROMA: other published designs, predicted with no refit",
+        "",
+        "Figures from romsim/validation_external.toml (sources there). Only clock-independent",
+        "figures are compared (cell area, density, energy per operation): these designs' clocks",
+        "and unit counts are mostly unpublished. Nothing in romsim is fitted to any of them; other",
+        "designs are also checked against held-out data not listed here. Most of the external",
+        "designs in the file (YOLoC, Hidden-ROM, TOM, Taalas HC1, HNLPU, Groq, Cerebras) publish",
+        "only ratios, whole-die figures or clock-dependent rates, and are not compared.",
+        "",
+        "| design | figure | published | romsim | unit | error | note |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.design} | {r.figure} | {r.published:,.4g} | {r.romsim:,.4g} | {r.unit} | "
+            f"{r.error_pct:+.0f} % | {r.note} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cyclesim_rows() -> list[tuple[str, str, float, float]]:
@@ -360,4 +469,12 @@ def render_cyclesim(rows: list[tuple[str, str, float, float]]) -> str:
 
 
 def render_document(rows: list[Row]) -> str:
-    return _HEADER + render_markdown(rows) + "\n" + render_cyclesim(cyclesim_rows()) + _NOTES
+    return (
+        _HEADER
+        + render_markdown(rows)
+        + "\n"
+        + render_cyclesim(cyclesim_rows())
+        + "\n"
+        + render_external(external_rows())
+        + _NOTES
+    )

@@ -69,7 +69,7 @@ CASES = [
     ("batch-huge", {}, ["train-step", "--batch", str(10**9)], ["--batch", "<="]),
     # quant strings
     ("quant-x", {}, ["estimate", "--quant", "w4attn-wxmlp"], ["quant", "unknown format"]),
-    ("quant-5bit", {}, ["estimate", "--quant", "w5attn-w2mlp"], ["quant", "bits"]),
+    ("quant-7bit", {}, ["estimate", "--quant", "w7attn-w2mlp"], ["quant", "bits"]),
     ("quant-ss", {}, ["estimate", "--quant", "w4g128ss"], ["quant", "unknown format"]),
     ("quant-empty", {}, ["estimate", "--quant", ""], ["quant", "unknown format"]),
     ("quant-group", {}, ["estimate", "--quant", "w4g7"], ["group_size"]),

@@ -56,7 +56,7 @@ def test_user_files(tmp_path, capsys):
     [
         ('base = "roma-3b-w4"\n[cell]\ncells_per_units = 64\n', "cell.cells_per_units"),
         ('base = "roma-3b-w4"\n[sram]\nact_bytes = -5\n', "sram.act_bytes = -5"),
-        ('base = "roma-3b-w4"\nquant = "w5g128"\n', "quant"),
+        ('base = "roma-3b-w4"\nquant = "w7g128"\n', "quant"),
         ("[cell\n", "not valid TOML"),
         ('base = "nope"\n', "base = 'nope'"),
     ],

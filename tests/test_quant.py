@@ -59,6 +59,6 @@ def test_invalid_formats():
     with pytest.raises(ValidationError):
         WeightFormat(kind="q4_0", bits=2)
     with pytest.raises(ValidationError):
-        WeightFormat(bits=5)
+        WeightFormat(bits=7)
     with pytest.raises(ValidationError):
         QuantSpec(overrides={"attention": WeightFormat()})

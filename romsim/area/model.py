@@ -1,26 +1,48 @@
-"""Area, leakage and per-access energy of every block, Accelergy-style: each block is one
-:class:`Block` with the same fields, built from the cited constants in :mod:`romsim.area.tech`
-and scaled to the configured node."""
+"""Hardware components, Accelergy-style: every block of the chip is one :class:`Component` with
+the same faces — ``area_mm2``, ``leakage_w`` and named per-action energies — built from the
+technology node's data (:mod:`romsim.tech`) and the design constants (:mod:`romsim.area.tech`).
+
+Components and the actions they price (the performance model counts actions under these keys,
+:mod:`romsim.perf.actions`):
+
+- ``fused_cells``   ROM array of each cell by ``rom.style`` (B-ROM, standard ROM macro, logic
+                    ROM) and the cell's compute (Yosys-synthesized gate count): ``rom_bits``
+                    (one bit read), ``l_macs`` (one low-bit MAC of the cell datapath);
+- ``unit_periphery`` adder tree across a unit's cells and its activation buffer;
+- ``lora_kv_sram``  the LoRA + KV-cache SRAM macros: ``sram_read_bytes``, ``sram_write_bytes``;
+- ``h_compute``     H-Unit (LoRA, attention): ``h_macs``, ``h_ops``;
+- ``vector_units``  norms, RoPE, SiLU, sampling (with the activation SRAM): ``vec_ops``;
+- ``routers``       mesh routers and links: ``link_bytes`` (one byte over one hop);
+- ``control_io``    control, clocking and IO (a share of the die);
+- ``off_chip``      the off-chip link (no die area here): ``offchip_bytes``.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
 from romsim.area import tech as T
 from romsim.config import ChipConfig
+from romsim.tech import Node, node
 from romsim.units import UM2_PER_MM2
+
+_PJ = 1e-12
+_FJ = 1e-15
 
 
 @dataclass(frozen=True)
-class Block:
+class Component:
     name: str
     unit: str  # paper's area bucket: L-Unit, H-Unit, Vector, Other
     count: int
     area_mm2_each: float
     leakage_w_each: float
+    actions: dict[str, float] = field(default_factory=dict)  # action -> joules per action
+    gated_by: str | None = None  # perf resource whose busy fraction this block's leakage follows
 
     @property
     def area_mm2(self) -> float:
@@ -31,19 +53,24 @@ class Block:
         return self.count * self.leakage_w_each
 
 
-def _logic_mm2(gates: float) -> float:
-    return gates * T.NAND2_UM2 / T.LOGIC_UTILISATION / UM2_PER_MM2
+Block = Component  # the name the first version used
 
 
-def _sram_mm2(bits: float, macro_rows: int) -> float:
-    eff = T.array_efficiency(macro_rows, T.SRAM_EFF_1K, T.SRAM_EFF_8K)
-    return bits * T.SRAM_BITCELL_UM2 / eff / UM2_PER_MM2
+def _logic_mm2(gates: float, n: Node) -> float:
+    return gates * n.nand2_um2 / T.LOGIC_UTILISATION / UM2_PER_MM2
 
 
-def rom_array_mm2(bits: float, bank_rows: int, style: str) -> float:
-    eff = T.array_efficiency(bank_rows, T.ROM_EFF_1K, T.ROM_EFF_8K)
-    factor = T.BROM_AREA_FACTOR if style == "brom" else 1.0
-    return bits * T.ROM_BITCELL_UM2 * factor / eff / UM2_PER_MM2
+def _logic_scale(n: Node) -> float:
+    return n.nand2_um2 / node(T.COMPILER_NODE_NM).nand2_um2
+
+
+def _sram_mm2(bits: float, macro_bits: float, n: Node) -> float:
+    """SRAM of ``bits`` in macros of ``macro_bits`` (array efficiency by capacity)."""
+    c7 = node(T.COMPILER_NODE_NM).sram_bitcell_um2
+    eff = T.macro_efficiency(
+        macro_bits, T.SRAM_EFF_1K, T.SRAM_EFF_8K, n.sram_bitcell_um2, c7, _logic_scale(n)
+    )
+    return bits * n.sram_bitcell_um2 / eff / UM2_PER_MM2
 
 
 @lru_cache(maxsize=1)
@@ -56,127 +83,265 @@ def _synth_calibration() -> dict | None:
     return json.loads(text)
 
 
+def _calibration_entry(chip: ChipConfig, style: str) -> tuple[dict | None, float]:
+    cal = _synth_calibration()
+    if cal is None:
+        return None, 1.0
+    key = "fused" if style == "brom" else "conventional"
+    entry = cal["styles"].get(key, {}).get(str(chip.quant.default.bits))
+    scale = chip.cell.mac_weight_bits_per_cycle / cal["config"]["mac_weight_bits_per_cycle"]
+    return entry, scale
+
+
 def cell_compute_gates(chip: ChipConfig, style: str | None = None) -> float:
     """NAND2-equivalents of one cell's datapath (weight decode, MACs, accumulation, zero
     correction). From the Yosys calibration of the generated RTL when it has this bit width,
     scaled by MAC width; else from the literature gate counts in tech.py."""
-    style = style or chip.rom.style
-    bits = chip.quant.default.bits
-    cal = _synth_calibration()
-    if cal is not None:
-        key = "fused" if style == "brom" else "conventional"
-        entry = cal["styles"].get(key, {}).get(str(bits))
-        if entry is not None:
-            scale = chip.cell.mac_weight_bits_per_cycle / cal["config"]["mac_weight_bits_per_cycle"]
-            return float(entry["nand2_eq"]) * scale
+    regs = (chip.cell.weight_reuse_tokens - 1) * chip.rom.word_bits * T.GATES_PER_FLOP
+    entry, scale = _calibration_entry(chip, style or chip.rom.style)
+    if entry is not None:
+        return float(entry["nand2_eq"]) * scale + regs
+    fmt = chip.quant.default
+    bits = max(fmt.bits, fmt.mix.bits) if fmt.mix is not None else fmt.bits
     macs = max(1, chip.cell.mac_weight_bits_per_cycle // bits)
-    return macs * T.GATES_INT_MAC_4x8 * (chip.cell.act_bits / 8) + T.GATES_DEQUANT
+    return macs * T.GATES_INT_MAC_4x8 * (chip.cell.act_bits / 8) + T.GATES_DEQUANT + regs
+
+
+def cell_compute_flops(chip: ChipConfig, style: str | None = None) -> float:
+    """Flip-flops of one cell's datapath (synthesis), for its clock energy."""
+    regs = (chip.cell.weight_reuse_tokens - 1) * chip.rom.word_bits
+    entry, scale = _calibration_entry(chip, style or chip.rom.style)
+    if entry is not None and "flops" in entry:
+        return float(entry["flops"]) * scale + regs
+    return cell_compute_gates(chip, style) / 30 + regs  # (C) ~3 % of datapath gates are flops
+
+
+def logic_rom_gates_per_one_bit() -> float:
+    """NAND2-eq per stored 1-bit of a ROM synthesized as logic (calibration, or 1.0)."""
+    cal = _synth_calibration() or {}
+    return float(cal.get("logic_rom", {}).get("nand2_eq_per_one_bit", 1.0))
+
+
+def rom_array_mm2(bits: float, bank_rows: int, style: str, n: Node, word_bits: int = 64,
+                  zero_fraction: float = 0.5) -> float:  # fmt: skip
+    """The ROM of one cell: B-ROM or standard macro (bit cells + periphery by capacity), or a
+    logic ROM (gates for the 1-bits only)."""
+    if style == "logic":
+        ones = bits * (1 - zero_fraction)
+        return _logic_mm2(ones * logic_rom_gates_per_one_bit(), n)
+    c7 = node(T.COMPILER_NODE_NM).rom_bitcell_um2
+    eff = T.macro_efficiency(
+        bank_rows * word_bits, T.ROM_EFF_1K, T.ROM_EFF_8K, n.rom_bitcell_um2, c7, _logic_scale(n)
+    )
+    factor = T.BROM_AREA_FACTOR if style == "brom" else 1.0
+    return bits * n.rom_bitcell_um2 * factor / eff / UM2_PER_MM2
+
+
+def _zero_fraction(chip: ChipConfig) -> float:
+    if chip.rom.logic_zero_bit_fraction is not None:
+        return chip.rom.logic_zero_bit_fraction
+    from romsim.rom.bitstats import zero_bit_fraction
+
+    return zero_bit_fraction(chip.quant.default)
 
 
 def cell_area_mm2(chip: ChipConfig, style: str | None = None) -> dict[str, float]:
     """One cell: ROM array, compute, and the cell as laid out. A B-ROM fused cell puts the
     compute under the metal-heavy ROM array (the paper's fused layout), so it costs the larger
-    of the two; a conventional ROM sits beside its MAC block."""
+    of the two; a standard ROM macro or a logic ROM sits beside its MAC block."""
     style = style or chip.rom.style
-    rom = rom_array_mm2(chip.rom.bits_per_cell, chip.rom.bank_rows, style)
-    comp = _logic_mm2(cell_compute_gates(chip, style))
+    n = node(chip.tech.process_nm)
+    zf = _zero_fraction(chip) if style == "logic" else 0.5
+    rom = rom_array_mm2(
+        chip.rom.bits_per_cell, chip.rom.bank_rows, style, n, chip.rom.word_bits, zf
+    )
+    comp = _logic_mm2(cell_compute_gates(chip, style), n)
     cell = max(rom, comp) if style == "brom" else rom + comp
     return {"rom_array_mm2": rom, "compute_mm2": comp, "cell_mm2": cell}
 
 
-def blocks(chip: ChipConfig) -> list[Block]:
-    s = T.NODE_SCALE[chip.tech.process_nm]
+def rom_read_j_per_bit(chip: ChipConfig, style: str | None = None) -> float:
+    """One stored bit read: macro styles by their bank's capacity (rule in romsim.tech); a logic
+    ROM's word read switches a decode tree of depth log2(rows) per output bit."""
+    style = style or chip.rom.style
+    n = node(chip.tech.process_nm)
+    if style == "logic":
+        return math.log2(max(chip.rom.macro_rows, 2)) * n.gate_op_fj() * _FJ
+    bank_bytes = chip.rom.bank_rows * chip.rom.word_bits / 8
+    factor = T.BROM_READ_FACTOR if style == "brom" else 1.0
+    return n.rom_read_pj_per_bit(bank_bytes) * factor * _PJ
+
+
+def cell_cycle_j(chip: ChipConfig, style: str | None = None) -> float:
+    """One busy cycle of a cell's datapath: every synthesized gate switches once (the per-gate
+    energy of Horowitz's adder, romsim.tech), plus the flops' clock."""
+    n = node(chip.tech.process_nm)
+    gates = cell_compute_gates(chip, style) * T.DATAPATH_ACTIVITY
+    clock = cell_compute_flops(chip, style) * T.CLOCK_GATE_OPS_PER_FLOP
+    return (gates + clock) * n.gate_op_fj() * _FJ
+
+
+def die_side_mm(chip: ChipConfig) -> float:
+    return math.sqrt(sum(b.area_mm2 for b in blocks(chip) if b.unit != "off-chip"))
+
+
+def hop_mm(chip: ChipConfig) -> float:
+    """Length of one mesh hop: the die's side over the mesh's larger dimension."""
+    return die_side_mm(chip) / max(chip.mesh.rows, chip.mesh.cols)
+
+
+def blocks(chip: ChipConfig) -> list[Component]:
+    """Every block: area, leakage and the energy of its actions."""
+    n = node(chip.tech.process_nm)
+    leak = n.leakage_scale
     U, VU = chip.mesh.matrix_units, chip.mesh.vector_units
+    style = chip.rom.style
     cell = cell_area_mm2(chip)
     rom_share = cell["rom_array_mm2"] / cell["cell_mm2"] if cell["cell_mm2"] else 0.0
+    rom_leak_w_mm2 = T.ROM_LEAK_W_PER_MM2_7NM if style != "logic" else T.LOGIC_LEAK_W_PER_MM2_7NM
     cell_leak = cell["cell_mm2"] * (
-        rom_share * T.ROM_LEAK_W_PER_MM2 + (1 - rom_share) * T.LOGIC_LEAK_W_PER_MM2
+        rom_share * rom_leak_w_mm2 + (1 - rom_share) * T.LOGIC_LEAK_W_PER_MM2_7NM
     )
-    unit_periph = _logic_mm2((chip.cell.cells_per_unit - 1) * T.GATES_ADDER32) + _sram_mm2(
-        chip.area.unit_buffer_bytes * 8, 1024
+    gate_fj = n.gate_op_fj()
+    w_bits = chip.quant.default.code_bits_per_weight
+    macs_per_cycle = max(1.0, chip.cell.mac_weight_bits_per_cycle / w_bits)
+
+    buf_bits = chip.area.unit_buffer_bytes * 8
+    unit_periph = _logic_mm2((chip.cell.cells_per_unit - 1) * T.GATES_ADDER32, n) + _sram_mm2(
+        buf_bits, buf_bits, n
     )
-    h_sram = _sram_mm2(chip.sram.lora_kv_bytes * 8, chip.area.h_sram_macro_rows)
+    h_macro_bits = chip.area.h_sram_macro_rows * chip.rom.word_bits
+    h_sram = _sram_mm2(chip.sram.lora_kv_bytes * 8, h_macro_bits, n)
     h_logic = _logic_mm2(
         chip.h_unit.macs_per_unit_per_cycle * T.GATES_FP16_MAC
-        + chip.h_unit.sfu_lanes_per_unit * T.GATES_SFU
+        + chip.h_unit.sfu_lanes_per_unit * T.GATES_SFU,
+        n,
     )
-    v_sram = _sram_mm2(chip.sram.act_bytes * 8, chip.area.act_sram_macro_rows) / max(VU, 1)
+    act_macro_bits = chip.area.act_sram_macro_rows * chip.rom.word_bits
+    v_sram = _sram_mm2(chip.sram.act_bytes * 8, act_macro_bits, n) / max(VU, 1)
     v_logic = _logic_mm2(
-        chip.vector.lanes_per_unit * T.GATES_FP16_MAC + chip.vector.sfu_lanes_per_unit * T.GATES_SFU
+        chip.vector.lanes_per_unit * T.GATES_FP16_MAC
+        + chip.vector.sfu_lanes_per_unit * T.GATES_SFU,
+        n,
     )
     link_bits = chip.interconnect.link_bytes_per_cycle * 8
-    router = _logic_mm2(5 * link_bits * T.GATES_ROUTER_PER_PORT_BIT)
-    sram_leak = T.SRAM_LEAK_W_PER_MBIT / 1e6 * 8
+    router = _logic_mm2(5 * link_bits * T.GATES_ROUTER_PER_PORT_BIT, n)
+    sram_leak_w_bit = T.SRAM_LEAK_W_PER_MBIT_7NM / 1e6 * leak
+    logic_leak = T.LOGIC_LEAK_W_PER_MM2_7NM * leak
+    h_macro_bytes = h_macro_bits / 8
     out = [
-        Block(
-            "fused_cells", "L-Unit", chip.n_cells, cell["cell_mm2"] * s.area, cell_leak * s.leakage
+        Component(
+            "fused_cells", "L-Unit", chip.n_cells, cell["cell_mm2"], cell_leak * leak,
+            {"rom_bits": rom_read_j_per_bit(chip), "l_macs": cell_cycle_j(chip) / macs_per_cycle},
+            gated_by="rom",
         ),
-        Block(
-            "unit_periphery",
-            "L-Unit",
-            U,
-            unit_periph * s.area,
-            unit_periph * T.LOGIC_LEAK_W_PER_MM2 * s.leakage,
+        Component(
+            "unit_periphery", "L-Unit", U, unit_periph, unit_periph * logic_leak,
+            gated_by="rom",
         ),
-        Block(
-            "lora_kv_sram",
-            "H-Unit",
-            1,
-            h_sram * s.area,
-            chip.sram.lora_kv_bytes * sram_leak * s.leakage,
+        Component(
+            "lora_kv_sram", "H-Unit", 1, h_sram, chip.sram.lora_kv_bytes * 8 * sram_leak_w_bit,
+            {
+                "sram_read_bytes": 8 * n.sram_read_pj_per_bit(h_macro_bytes) * _PJ,
+                "sram_write_bytes": 8 * n.sram_write_pj_per_bit(h_macro_bytes) * _PJ,
+            },
         ),
-        Block(
-            "h_compute", "H-Unit", U, h_logic * s.area, h_logic * T.LOGIC_LEAK_W_PER_MM2 * s.leakage
+        Component(
+            "h_compute", "H-Unit", U, h_logic, h_logic * logic_leak,
+            {"h_macs": n.fp_mac_pj(16) * _PJ, "h_ops": n.fp_mac_pj(16) * _PJ},
+            gated_by="h_mac",
         ),
-        Block(
-            "vector_units",
-            "Vector",
-            max(VU, 1),
-            (v_sram + v_logic) * s.area,
-            (chip.sram.act_bytes / max(VU, 1) * sram_leak + v_logic * T.LOGIC_LEAK_W_PER_MM2)
-            * s.leakage,
+        Component(
+            "vector_units", "Vector", max(VU, 1), v_sram + v_logic,
+            chip.sram.act_bytes * 8 / max(VU, 1) * sram_leak_w_bit + v_logic * logic_leak,
+            {"vec_ops": n.fp_mac_pj(16) * _PJ},
         ),
-        Block(
-            "routers", "Other", U + VU, router * s.area, router * T.LOGIC_LEAK_W_PER_MM2 * s.leakage
-        ),
-    ]
+        Component("routers", "Other", U + VU, router, router * logic_leak),
+    ]  # fmt: skip
     core = sum(b.area_mm2 for b in out)
     f = chip.area.control_io_fraction
     ctrl = core * f / (1 - f)
-    out.append(Block("control_io", "Other", 1, ctrl, ctrl * T.LOGIC_LEAK_W_PER_MM2 * s.leakage))
+    out.append(Component("control_io", "Other", 1, ctrl, ctrl * logic_leak))
+    if chip.operating.power_gating:
+        out = [
+            Component(
+                b.name, b.unit, b.count, b.area_mm2_each * (1 + T.POWER_GATE_AREA_OVERHEAD),
+                b.leakage_w_each, b.actions, b.gated_by,
+            )
+            if b.gated_by
+            else b
+            for b in out
+        ]  # fmt: skip
+    # link energy needs the hop length, which needs the die: priced after the areas
+    side = math.sqrt(sum(b.area_mm2 for b in out))
+    hop = side / max(chip.mesh.rows, chip.mesh.cols)
+    byte_hop_j = 8 * (
+        0.5 * n.wire_pj_per_bit_mm * hop * _PJ  # random data toggles half the wires
+        + T.GATES_ROUTER_PER_PORT_BIT * gate_fj * _FJ  # buffer + crossbar per bit
+    )
+    # a unit's activation bus spans the unit (side = the hop length) and reaches all its cells
+    bus_byte_j = 8 * 0.5 * n.wire_pj_per_bit_mm * hop * _PJ
+    extra = {
+        "routers": {"link_bytes": byte_hop_j},
+        "unit_periphery": {"unit_bus_bytes": bus_byte_j},
+    }
+    out = [
+        Component(b.name, b.unit, b.count, b.area_mm2_each, b.leakage_w_each,
+                  {**b.actions, **extra[b.name]}, b.gated_by) if b.name in extra else b
+        for b in out
+    ]  # fmt: skip
+    out.append(
+        Component(
+            "off_chip", "off-chip", 1, 0.0, 0.0,
+            {"offchip_bytes": 8 * chip.offchip.energy_pj_per_bit * _PJ},
+        )
+    )  # fmt: skip
     return out
 
 
 def area_breakdown_mm2(chip: ChipConfig) -> dict[str, float]:
-    return {b.name: b.area_mm2 for b in blocks(chip)}
+    return {b.name: b.area_mm2 for b in blocks(chip) if b.unit != "off-chip"}
 
 
 def unit_shares(chip: ChipConfig) -> dict[str, float]:
     return shares_of(blocks(chip))
 
 
-def shares_of(bl: list[Block]) -> dict[str, float]:
+def shares_of(bl: list[Component]) -> dict[str, float]:
     """Die-area share of each of the paper's buckets (L-Unit, H-Unit, Vector, Other)."""
-    total = sum(b.area_mm2 for b in bl)
+    on_die = [b for b in bl if b.unit != "off-chip"]
+    total = sum(b.area_mm2 for b in on_die)
     out: dict[str, float] = {}
-    for b in bl:
+    for b in on_die:
         out[b.unit] = out.get(b.unit, 0.0) + b.area_mm2 / total
     return out
 
 
-def leakage_w(chip: ChipConfig) -> float:
-    return sum(b.leakage_w for b in blocks(chip))
+def leakage_w(chip: ChipConfig, busy: dict[str, float] | None = None) -> float:
+    """Leakage of the whole chip. With ``operating.power_gating`` and the resources' busy
+    fractions (``PerfModel.utilisation``), a gated block leaks fully only while busy and
+    ``POWER_GATE_RESIDUAL`` of it otherwise."""
+    total = 0.0
+    for b in blocks(chip):
+        if chip.operating.power_gating and b.gated_by and busy is not None:
+            u = min(1.0, max(0.0, busy.get(b.gated_by, 1.0)))
+            total += b.leakage_w * (u + (1 - u) * T.POWER_GATE_RESIDUAL)
+        else:
+            total += b.leakage_w
+    return total
 
 
 def ablation_um2(chip: ChipConfig) -> dict[str, float]:
     """One L-Unit cell built four ways (the paper's ablation): SRAM + compute, standard ROM +
     compute, B-ROM + compute (side by side), and the fused B-ROM cell."""
+    n = node(chip.tech.process_nm)
     bits = chip.rom.bits_per_cell
-    conv = _logic_mm2(cell_compute_gates(chip, "rom"))
-    fused = _logic_mm2(cell_compute_gates(chip, "brom"))
-    rom = rom_array_mm2(bits, chip.rom.bank_rows, "rom")
-    brom = rom_array_mm2(bits, chip.rom.bank_rows, "brom")
-    sram = _sram_mm2(bits, chip.rom.bank_rows)
+    conv = _logic_mm2(cell_compute_gates(chip, "rom"), n)
+    fused = _logic_mm2(cell_compute_gates(chip, "brom"), n)
+    wb = chip.rom.word_bits
+    rom = rom_array_mm2(bits, chip.rom.bank_rows, "rom", n, wb)
+    brom = rom_array_mm2(bits, chip.rom.bank_rows, "brom", n, wb)
+    sram = _sram_mm2(bits, chip.rom.bank_rows * wb, n)
     return {
         "sram_compute": (sram + conv) * UM2_PER_MM2,
         "rom_compute": (rom + conv) * UM2_PER_MM2,

@@ -158,41 +158,43 @@ class Device:
     # ------------------------------------------------------------------ time and energy
     @cached_property
     def _step(self):
-        from romsim.area.energy import dynamic_energy_j
-        from romsim.area.model import leakage_w
         from romsim.perf.model import PerfModel
         from romsim.perf.train import train_step_cost
 
-        pm = PerfModel(self.model, self.chip)
-        f = self.chip.clock_hz
-        # training power: the prefill activity of one sequence (same ROM/MAC/SRAM traffic per
-        # token as the forward pass) plus leakage
-        pre_s = pm.prefill_cycles(self.seq_len) / f
-        dyn_j = sum(dynamic_energy_j(self.chip, pm.prefill_events(self.seq_len)).values())
-        power_w = dyn_j / pre_s + leakage_w(self.chip)
-        cost = train_step_cost(pm, self.batch, self.seq_len, energy_per_cycle_j=power_w / f)
-        return cost, power_w
+        return train_step_cost(PerfModel(self.model, self.chip), self.batch, self.seq_len)
 
     @property
     def power_w(self) -> float:
-        return self._step[1]
+        """Average power of a full local step (all layers trained)."""
+        return self._step.energy_j / self._step.time_s
+
+    def _trained_share(self, modules) -> tuple[float, float]:
+        """(depth of the backward pass as a share of the layers, share of the LoRA params)."""
+        n = self.model.n_layers
+        lowest = min(layer for layer, _ in modules)
+        p_all = lora_params(self.model, self.chip.lora.rank, self.targets)
+        return (n - lowest) / n, sum(self.module_params(k) for _, k in modules) / p_all
 
     def step_time_s(self, modules) -> float:
         """Simulated time of one local step (batch x seq_len) training ``modules``: the full
         forward pass, the backward pass down to the lowest trained layer, and the optimizer
         update of the trained parameters."""
-        cost = self._step[0]
+        cost = self._step
         if not modules:
             return cost.forward_s
-        n = self.model.n_layers
-        lowest = min(layer for layer, _ in modules)
-        depth = (n - lowest) / n
-        p_all = lora_params(self.model, self.chip.lora.rank, self.targets)
-        p = sum(self.module_params(k) for _, k in modules)
-        return cost.forward_s + depth * cost.backward_s + cost.optimizer_s * p / p_all
+        depth, share = self._trained_share(modules)
+        return cost.forward_s + depth * cost.backward_s + cost.optimizer_s * share
 
     def step_energy_j(self, modules) -> float:
-        return self.step_time_s(modules) * self.power_w
+        """The perf model's training-step energy (romsim.perf.train) for the trained modules:
+        forward, backward down to the lowest trained layer, the optimizer of the trained
+        parameters, and leakage over the step's time."""
+        cost = self._step
+        leak_j = cost.leakage_w * self.step_time_s(modules)
+        if not modules:
+            return cost.forward_j + leak_j
+        depth, share = self._trained_share(modules)
+        return cost.forward_j + depth * cost.backward_j + cost.optimizer_j * share + leak_j
 
     def describe(self) -> dict:
         return {

@@ -1,9 +1,14 @@
-"""SRAM budgets: LoRA adapters, KV cache, training state. Pure arithmetic on model + chip."""
+"""SRAM budgets: LoRA adapters, KV cache, an SRAM-resident embedding table, training state; and
+the bytes one embedding lookup reads. Pure arithmetic on model + chip."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from romsim.config import ChipConfig
 from romsim.modelspec import LINEAR_KINDS, ModelSpec
+from romsim.quant import WeightFormat, tied_table_format
+from romsim.rom.layout import RomLayout
 
 
 def lora_params(
@@ -25,11 +30,75 @@ def kv_bytes_per_token(model: ModelSpec, chip: ChipConfig) -> float:
     return model.kv_elems_per_token() * (s.kv_bits + s.kv_exp_bits / s.kv_group) / 8
 
 
+def embed_sram_bytes(model: ModelSpec, chip: ChipConfig) -> int:
+    """Bytes of the input embedding table in the LoRA/KV SRAM (``placement.embed = "sram"``,
+    ``placement.embed_bits`` per weight, no per-row metadata), else 0. A tied table whose
+    LM head is in ROM still takes this copy when the embedding is placed in SRAM."""
+    if chip.placement.embed != "sram":
+        return 0
+    return model.vocab_size * model.hidden_size * chip.placement.embed_bits // 8
+
+
+def embed_rom_format(model: ModelSpec, chip: ChipConfig) -> WeightFormat | None:
+    """The ROM format the embedding lookup reads (None unless ``placement.embed = "rom"``): a
+    tied table stored once as the LM head has its format, else ``quant.for_kind("embed")``."""
+    if chip.placement.embed != "rom":
+        return None
+    if model.tie_word_embeddings and chip.placement.lm_head == "rom":
+        return tied_table_format(chip.quant)
+    return chip.quant.for_kind("embed")
+
+
+@dataclass(frozen=True)
+class EmbedRead:
+    """What one token's embedding lookup reads on chip: a row read (``hidden`` weights), not a
+    matmul."""
+
+    placement: str  # "rom", "sram" or "off_chip"
+    rom_words: float  # ROM words read (0 unless in ROM); metadata at its packing density
+    rom_bits: float  # rom_words * rom.word_bits (the energy model's ROM-bit count)
+    sram_read_bytes: float  # SRAM bytes read (0 unless in SRAM)
+    offchip_read_bytes: float  # bytes fetched over the off-chip link (0 unless off chip)
+
+    @property
+    def bytes(self) -> float:
+        """On-chip bytes read per token, whichever on-chip memory holds the table."""
+        return self.rom_bits / 8 + self.sram_read_bytes
+
+
+def embed_read_per_token(model: ModelSpec, chip: ChipConfig) -> EmbedRead:
+    """The reads of one embedding lookup. In ROM a row is ``ceil(hidden / G)`` row-major groups
+    (contiguous, so in one or two cells): their code words plus their metadata at its packing
+    density (:meth:`romsim.rom.layout.RomLayout.dense_words`; a mix weighs its classes by their
+    fractions). In SRAM: ``hidden * embed_bits / 8`` bytes. Off chip: the same row over the
+    off-chip link (``offchip_read_bytes``; the ROMA figures charge nothing for it)."""
+    place = chip.placement.embed
+    fmt = embed_rom_format(model, chip)
+    if fmt is not None:
+        w = chip.rom.word_bits
+        gpr = -(-model.hidden_size // fmt.group_size)
+        words = sum(
+            RomLayout.for_format(f, w).dense_words(gpr * share) for f, share in fmt.classes()
+        )
+        return EmbedRead(place, float(words), float(words * w), 0.0, 0.0)
+    row_bytes = model.hidden_size * chip.placement.embed_bits / 8
+    if place == "sram":
+        return EmbedRead(place, 0.0, 0.0, row_bytes, 0.0)
+    return EmbedRead(place, 0.0, 0.0, 0.0, row_bytes)
+
+
+def embed_read_bytes_per_token(model: ModelSpec, chip: ChipConfig) -> float:
+    """On-chip bytes one token's embedding lookup reads (ROM or SRAM; 0 off chip)."""
+    return embed_read_per_token(model, chip).bytes
+
+
 def max_context_tokens(model: ModelSpec, chip: ChipConfig, sram_bytes: int | None = None) -> int:
-    """Longest KV cache that fits beside the LoRA adapters in the LoRA/KV SRAM (0 if none)."""
+    """Longest KV cache per sequence that fits beside the LoRA adapters (and an SRAM-resident
+    embedding table) in the LoRA/KV SRAM, with ``operating.batch`` sequences cached (0 if none)."""
     cap = chip.sram.lora_kv_bytes if sram_bytes is None else sram_bytes
-    free = cap - lora_bytes(model, chip)
-    return max(0, int(free // kv_bytes_per_token(model, chip)))
+    free = cap - lora_bytes(model, chip) - embed_sram_bytes(model, chip)
+    per_token = kv_bytes_per_token(model, chip) * chip.operating.batch
+    return max(0, int(free // per_token))
 
 
 # Training state per LoRA parameter (bytes): weight (lora.weight_bits), fp16 gradient,

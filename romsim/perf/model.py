@@ -15,6 +15,7 @@ import numpy as np
 from romsim.config import ChipConfig
 from romsim.mapping import Mapping, MatrixTiles
 from romsim.modelspec import LINEAR_KINDS, ModelSpec
+from romsim.perf.memory import embed_read_per_token
 from romsim.perf.ops import RESOURCES, Op, OpTable
 
 # Matmuls that share one broadcast input, in execution order.
@@ -57,8 +58,9 @@ class PerfModel:
         )
         self.layer_tiles = {m.kind: m for m in self.mapping.layer_matrices(0)}
         self.lm_head = next((m for m in self.mapping.matrices if m.kind == "lm_head"), None)
-        self.decode_table = OpTable(self.layer_ops(tokens=1, decode=True))
-        self.token_table = OpTable(self.token_ops(tokens=1))
+        self.batch = chip.operating.batch
+        self.decode_table = OpTable(self.layer_ops(tokens=self.batch, decode=True))
+        self.token_table = OpTable(self.token_ops(tokens=self.batch))
 
     # ------------------------------------------------------------------ op builders
     def _matmul(self, name: str, group: str, tiles: list[MatrixTiles], T: int) -> Op:
@@ -74,11 +76,9 @@ class PerfModel:
         link = c.interconnect.link_bytes_per_cycle
         op.add("bcast", T * K * d.act_bytes / link)
         op.count("link_bytes", T * K * d.act_bytes * d.cols * d.hops)
+        op.count("unit_bus_bytes", T * K * d.act_bytes * d.U)  # each unit's bus, once
         rom_rows = sum(int(m.rom_rows(m.max_groups_per_cell)) for m in tiles)
-        mac_cyc = sum(
-            m.max_groups_per_cell * m.fmt.group_size * m.fmt.bits / c.cell.mac_weight_bits_per_cycle
-            for m in tiles
-        )
+        mac_cyc = sum(m.max_cell_code_bits for m in tiles) / c.cell.mac_weight_bits_per_cycle
         # A cell's run of groups covers a contiguous K range; the busiest cell whose run sits at
         # the end of K cannot start before the broadcast has delivered it (checked against the
         # cycle-level simulation in romsim/perf/cyclesim.py). Paid once per op, not per token.
@@ -86,15 +86,18 @@ class PerfModel:
         n0 = first.max_groups_per_cell
         gpr = first.groups_per_row
         wait = (K * d.act_bytes / link) * max(0, gpr - n0 + 1) / gpr if n0 < gpr else 0.0
-        op.add("rom", T * rom_rows / c.rom.reads_per_cycle + wait)
+        # A ROM word read serves the activations of up to cell.weight_reuse_tokens tokens (its
+        # operand registers); the MAC array pays every token, the ROM array once per reuse.
+        reads = -(-T // c.cell.weight_reuse_tokens)
+        op.add("rom", reads * rom_rows / c.rom.reads_per_cycle + wait)
         op.add("mac", T * mac_cyc)
         partials = sum(m.rows + d.U for m in tiles)
         op.add("reduce", T * partials * c.cell.acc_bits / 8 / (d.cols * link))
         op.count("link_bytes", T * partials * c.cell.acc_bits / 8 * d.hops)
         # ROM-bit energy counter: metadata at its packing density, without the per-cell padding
         # the cycles above pay (romsim.rom.layout, rule 6, says why the two differ)
-        total_words = sum(m.layout.dense_words(m.n_groups) for m in tiles)
-        op.count("rom_bits", T * total_words * c.rom.word_bits)
+        total_words = sum(m.dense_words() for m in tiles)
+        op.count("rom_bits", reads * total_words * c.rom.word_bits)
         op.count("l_macs", T * sum(m.rows * m.cols for m in tiles))
         return op
 
@@ -111,7 +114,7 @@ class PerfModel:
         op.add("h_mac", T * macs / (d.U * c.h_unit.macs_per_unit_per_cycle))
         # LoRA weights stream from SRAM once per block of tokens held in the H-Unit
         blocks = -(-T // c.h_unit.token_block)
-        op.add("sram", blocks * weight_bytes / (d.U * c.sram.read_bytes_per_cycle_per_unit))
+        op.add("sram", blocks * weight_bytes / (d.U * c.sram_read_bytes_per_cycle_per_unit))
         op.count("h_macs", T * macs)
         op.count("sram_read_bytes", blocks * weight_bytes)
         return op
@@ -133,10 +136,10 @@ class PerfModel:
         tokens after ``ctx0`` cached ones: causal sums are folded into constants."""
         c, d, m = self.chip, self.d, self.model
         hu = d.U * c.h_unit.macs_per_unit_per_cycle
-        sram_bw = d.U * c.sram.read_bytes_per_cycle_per_unit
-        if decode:
-            pairs_c, pairs_x = 1.0, 1.0  # (query, key) pairs = ctx + 1 (the new token)
-            kv_reads_c, kv_reads_x = 1.0, 1.0
+        sram_bw = d.U * c.sram_read_bytes_per_cycle_per_unit
+        if decode:  # T sequences of one new token each, every one over its own KV cache
+            pairs_c, pairs_x = float(T), float(T)  # (query, key) pairs = ctx + 1 per sequence
+            kv_reads_c, kv_reads_x = float(T), float(T)
         else:
             pairs_c, pairs_x = T * ctx0 + T * (T + 1) / 2, 0.0
             blocks = -(-T // c.h_unit.token_block)
@@ -189,7 +192,7 @@ class PerfModel:
                 kvw = Op("kv_write", "kv_write", d.hops * c.interconnect.hop_latency_cycles)
                 b = T * 2 * m.kv_dim * d.kv_bytes
                 kvw.add("link", b / (d.cols * c.interconnect.link_bytes_per_cycle))
-                kvw.add("sram", b / (d.U * c.sram.write_bytes_per_cycle_per_unit))
+                kvw.add("sram", b / (d.U * c.sram_write_bytes_per_cycle_per_unit))
                 kvw.count("sram_write_bytes", b)
                 ops.append(kvw)
                 ops.extend(self._attention(T, decode, ctx0))
@@ -209,8 +212,36 @@ class PerfModel:
         if self.lm_head is not None:
             ops.append(self._matmul("lm_head", "lm_head", [self.lm_head], tokens))
             # argmax / top-k over the vocabulary on the vector units
-            ops.append(self._vector("sampling", "sampling", m.vocab_size, 2, 0))
+            ops.append(self._vector("sampling", "sampling", tokens * m.vocab_size, 2, 0))
+        else:  # the host computes the head: the fp16 hidden state out, the token id back
+            ops.append(
+                self._offchip("lm_head_offchip", "lm_head", tokens * (2 * m.hidden_size + 4))
+            )
+        ops += self._embed(tokens)
         return ops
+
+    def _embed(self, tokens: int) -> list[Op]:
+        """The embedding lookup: a row read per token from wherever the table lives."""
+        er = embed_read_per_token(self.model, self.chip)
+        if er.placement == "off_chip":  # the host sends the embedded token
+            return [self._offchip("embed_offchip", "embed", tokens * er.offchip_read_bytes)]
+        c, d = self.chip, self.d
+        op = Op("embed", "embed", c.interconnect.hop_latency_cycles * d.hops)
+        if er.placement == "rom":  # a row lies in one or two cells: read at one word per cycle
+            op.add("rom", tokens * er.rom_words / c.rom.reads_per_cycle)
+            op.count("rom_bits", tokens * er.rom_bits)
+        else:
+            op.add("sram", tokens * er.sram_read_bytes / c.sram_read_bytes_per_cycle_per_unit)
+            op.count("sram_read_bytes", tokens * er.sram_read_bytes)
+        return [op]
+
+    def _offchip(self, name: str, group: str, nbytes: float) -> Op:
+        """Bytes over the off-chip link at ``offchip.bandwidth_bytes_per_s``."""
+        oc = self.chip.offchip
+        op = Op(name, group, self.chip.interconnect.hop_latency_cycles * self.d.hops)
+        op.add("offchip", nbytes * self.chip.clock_hz / oc.bandwidth_bytes_per_s)
+        op.count("offchip_bytes", nbytes)
+        return op
 
     # ------------------------------------------------------------------ evaluation
     def decode_cycles(self, ctx: np.ndarray | float) -> np.ndarray:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-RESOURCES = ("rom", "mac", "bcast", "reduce", "h_mac", "sram", "vec", "sfu", "link")
+from romsim.perf.actions import check_action
+
+RESOURCES = ("rom", "mac", "bcast", "reduce", "h_mac", "sram", "vec", "sfu", "link", "offchip")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Op:
         self.stages[resource] = (c0 + const, c1 + per_ctx)
 
     def count(self, event: str, const: float, per_ctx: float = 0.0) -> None:
+        check_action(event)
         c0, c1 = self.events.get(event, (0.0, 0.0))
         self.events[event] = (c0 + const, c1 + per_ctx)
 

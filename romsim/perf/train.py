@@ -21,19 +21,23 @@ _VECTOR_GROUPS = {"norm", "rope", "silu"}
 @dataclass(frozen=True)
 class TrainStepCost:
     time_s: float
-    energy_j: float
+    energy_j: float  # forward_j + backward_j + optimizer_j + leakage over time_s
     forward_s: float
     backward_s: float
     optimizer_s: float
+    forward_j: float  # dynamic energy of the forward passes (batch x seq_len tokens)
+    backward_j: float  # dynamic energy of the backward passes through every layer
+    optimizer_j: float  # Adam: state traffic in SRAM and its vector ops
+    leakage_w: float
     sram_needed_bytes: float
     sram_capacity_bytes: float
     fits: bool
     trainable_params: int
 
 
-def train_step_cost(
-    pm: PerfModel, batch: int, seq_len: int, energy_per_cycle_j: float | None = None
-) -> TrainStepCost:
+def train_step_cost(pm: PerfModel, batch: int, seq_len: int) -> TrainStepCost:
+    """The one training-step model (time and energy) that ``romsim train-step`` and the
+    federated devices (romsim.fl.devices) use."""
     chip, model = pm.chip, pm.model
     f = chip.clock_hz
     fwd = bwd = 0.0
@@ -57,26 +61,35 @@ def train_step_cost(
     # Adam: read w, g, m, v; write w, m, v; ~10 vector ops per parameter
     d = pm.d
     state_bytes = p * (2 * chip.lora.weight_bits / 8 + GRAD_BYTES + 2 * ADAM_STATE_BYTES)
-    sram_cyc = state_bytes / (d.U * chip.sram.read_bytes_per_cycle_per_unit)
+    sram_cyc = state_bytes / (d.U * chip.sram_read_bytes_per_cycle_per_unit)
     vec_cyc = p * 10 / (d.VU * chip.vector.lanes_per_unit)
     opt = max(sram_cyc, vec_cyc) + chip.vector.op_latency_cycles
     cycles = batch * (fwd + bwd) + opt
     mem = train_sram_bytes(model, chip, seq_len, batch)
-    # energy: forward events counted op by op; backward scaled by its cycle ratio (same kinds of
-    # accesses: ROM words for dX, H-Unit MACs for LoRA and attention); Adam traffic in SRAM;
-    # leakage over the whole step.
-    from romsim.area.energy import dynamic_energy_j, event_energy_j
+    # energy: forward actions counted op by op; backward scaled by its cycle ratio (same kinds
+    # of accesses: ROM words for dX, H-Unit MACs for LoRA and attention); Adam's state traffic
+    # in SRAM and its vector ops; leakage over the whole step.
+    from romsim.area.energy import action_energy_j, dynamic_energy_j
     from romsim.area.model import leakage_w
 
-    e_fwd = sum(dynamic_energy_j(chip, pm.prefill_events(seq_len)).values())
-    e_opt = state_bytes * event_energy_j(chip)["sram_read_bytes"]
-    e = batch * e_fwd * (1 + bwd / fwd) + e_opt + leakage_w(chip) * cycles / f
+    e_fwd = batch * sum(dynamic_energy_j(chip, pm.prefill_events(seq_len)).values())
+    e_bwd = e_fwd * bwd / fwd
+    ea = action_energy_j(chip)
+    e_opt = (
+        state_bytes / 2 * (ea["sram_read_bytes"] + ea["sram_write_bytes"]) + p * 10 * ea["vec_ops"]
+    )
+    leak = leakage_w(chip)
+    e = e_fwd + e_bwd + e_opt + leak * cycles / f
     return TrainStepCost(
         time_s=cycles / f,
         energy_j=e,
         forward_s=batch * fwd / f,
         backward_s=batch * bwd / f,
         optimizer_s=opt / f,
+        forward_j=e_fwd,
+        backward_j=e_bwd,
+        optimizer_j=e_opt,
+        leakage_w=leak,
         sram_needed_bytes=mem["total_bytes"],
         sram_capacity_bytes=mem["capacity_bytes"],
         fits=mem["total_bytes"] <= mem["capacity_bytes"],

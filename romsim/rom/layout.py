@@ -17,10 +17,21 @@ Rules (``b`` = code bits, ``G`` = group size, ``W`` = word bits, ``M`` = metadat
    straddle words (3-bit codes with ``W = 64``).
 3. Word alignment. Every group starts on a word boundary and its stream is padded with zero bits
    to a whole word: ``words_per_group = ceil(G*b / W)``.
+3b. Base-3 packing (ternary weights, ``packing = "base3"``: trits t in {-1, 0, +1}). Five trits
+   share one byte, ``t0 + 3*t1 + 9*t2 + 27*t3 + 81*t4`` with ``t + 1`` in {0, 1, 2} as digits
+   (at most 242); a group of ``G`` trits takes ``ceil(G/5)`` bytes (the last byte's unused digits
+   0), the bytes form the group's stream (byte j = stream bits ``[8j, 8j+8)``), padded to whole
+   words: ``group_bits = 8*ceil(G/5)``, ``words_per_group = ceil(8*ceil(G/5) / W)``. So
+   ``G = 160`` (32 bytes) fills 64-bit words exactly (1.6 bits/weight) while ``G = 128`` (26
+   bytes -> 4 words) saves nothing over 2-bit codes. 2-bit ternary codes (``packing = "bits"``)
+   follow rule 2 with ``b = 2``. Counting only: the numpy packers refuse base-3.
 4. Metadata field. Per group one ``M = scale_bits + zero_bits`` bit field: the scale's bit
    pattern (fp16 by default) in bits ``[0, scale_bits)``, then the zero point (unsigned,
    ``zero_bits`` wide; 0 bits for symmetric and Q4_0/Q8_0; Q4_1 stores its fp16 minimum there)
    in ``[scale_bits, M)``.
+   A format without per-group metadata (ternary: one per-tensor scale, kept in the cell's
+   dequantizer register, not in ROM words) has ``M = 0``: ``words_per_meta = 0``, no
+   metadata words (``metas_per_word`` is then 1 by convention).
 5. Metadata words. Fields never straddle words. If ``M <= W``, ``metas_per_word = floor(W / M)``
    fields share a word, field j of a word at bit ``j*M`` (LSB first), unused high bits zero. If
    ``M > W`` (only for very narrow words), every field takes ``words_per_meta = ceil(M / W)``
@@ -46,6 +57,14 @@ Rules (``b`` = code bits, ``G`` = group size, ``W`` = word bits, ``M`` = metadat
    order (Q4_x: byte j holds element j in its low nibble and element j+16 in its high nibble;
    Q8_0: byte j is element j as int8); the field is ``d`` (fp16) for Q4_0/Q8_0 and ``d`` then
    ``m`` (``zero_bits = 16``) for Q4_1 (:mod:`romsim.kernels.bitpack` converts).
+
+8. Mixed widths (a :class:`romsim.quant.WeightFormat` with ``mix``): the matrix's groups form two
+   classes, each a layout of its own (:meth:`RomLayout.for_format` of ``base_format`` and
+   ``mix_format``); a cell holds a run of each class, the narrow run then the wide run, each run
+   its code words then its metadata packed from a fresh word, so a cell holding ``n1`` narrow and
+   ``n2`` wide groups of one matrix needs ``rom_rows1(n1) + rom_rows2(n2)`` words
+   (:class:`romsim.mapping.MatrixTiles` says which groups are wide and deals them).
+   :meth:`RomLayout.for_format` of a mixed format is its base (narrow) class.
 
 Word widths. Counting (words per group, metadata words, ROM rows) holds for any ``W >= 1``; the
 hardware model (mapping, perf, area) accepts any ``rom.word_bits`` the config allows. Packing
@@ -80,6 +99,10 @@ class _FormatLike(Protocol):
     zero_bits: int | None
 
 
+def _packing(fmt: object) -> str:
+    return str(getattr(fmt, "packing", "bits"))
+
+
 @dataclass(frozen=True)
 class RomLayout:
     """The word layout of one quantization format at one word width (rules in the module doc)."""
@@ -89,40 +112,52 @@ class RomLayout:
     zero_bits: int = 0
     scale_bits: int = 16
     word_bits: int = KERNEL_WORD_BITS
+    packing: str = "bits"  # "bits" (rule 2) or "base3" (rule 3b, 2-bit ternary codes)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= MAX_CODE_BITS:
             raise ValueError(f"bits must be in [1, {MAX_CODE_BITS}] (got {self.bits})")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1 (got {self.group_size})")
-        if self.zero_bits < 0 or self.scale_bits < 1:
+        if self.zero_bits < 0 or self.scale_bits < 0 or (self.scale_bits == 0 < self.zero_bits):
             raise ValueError(
-                f"scale_bits must be >= 1 and zero_bits >= 0 (got {self.scale_bits}, "
-                f"{self.zero_bits})"
+                f"scale_bits must be >= 1 (0 only without a zero point) and zero_bits >= 0 "
+                f"(got {self.scale_bits}, {self.zero_bits})"
             )
+        if self.packing not in ("bits", "base3"):
+            raise ValueError(f"packing must be 'bits' or 'base3' (got {self.packing!r})")
+        if self.packing == "base3" and self.bits != 2:
+            raise ValueError(f"base-3 packing holds ternary (2-bit) codes (got bits={self.bits})")
         if self.word_bits < 1:
             raise ValueError(f"word_bits must be >= 1 (got {self.word_bits})")
 
     @classmethod
     def for_format(cls, fmt: _FormatLike, word_bits: int = KERNEL_WORD_BITS) -> RomLayout:
-        """The layout of a :class:`romsim.quant.WeightFormat` (or anything with its fields)."""
+        """The layout of a :class:`romsim.quant.WeightFormat` (or anything with its fields; a
+        mixed format gives its base class, rule 8). Ternary has no per-group metadata (rule 4):
+        its per-tensor scale is not in ROM words."""
+        ternary = getattr(fmt, "kind", None) == "ternary"
         return cls(
             bits=fmt.bits,
             group_size=fmt.group_size,
-            zero_bits=int(fmt.zero_bits or 0),
-            scale_bits=fmt.scale_bits,
+            zero_bits=0 if ternary else int(fmt.zero_bits or 0),
+            scale_bits=0 if ternary else fmt.scale_bits,
             word_bits=word_bits,
+            packing=_packing(fmt),
         )
 
     # ---- counting (any word width) -------------------------------------------------------------
     @property
     def group_bits(self) -> int:
-        """Bits of a group's code stream before padding (rule 2)."""
+        """Bits of a group's code stream before padding (rule 2; rule 3b: whole bytes of 5
+        trits)."""
+        if self.packing == "base3":
+            return 8 * -(-self.group_size // 5)
         return self.group_size * self.bits
 
     @property
     def words_per_group(self) -> int:
-        """Rule 3: ``ceil(G*b / W)``."""
+        """Rule 3: ``ceil(G*b / W)`` (rule 3b: ``ceil(8*ceil(G/5) / W)``)."""
         return -(-self.group_bits // self.word_bits)
 
     @property
@@ -137,12 +172,16 @@ class RomLayout:
 
     @property
     def metas_per_word(self) -> int:
-        """Rule 5: fields per metadata word (1 when a field is wider than a word)."""
+        """Rule 5: fields per metadata word (1 when a field is wider than a word, or when there
+        is no per-group metadata)."""
+        if self.meta_bits == 0:
+            return 1
         return max(1, self.word_bits // self.meta_bits)
 
     @property
     def words_per_meta(self) -> int:
-        """Rule 5: words one field takes (1 unless a field is wider than a word)."""
+        """Rule 5: words one field takes (1 unless a field is wider than a word; 0 without
+        per-group metadata)."""
         return -(-self.meta_bits // self.word_bits)
 
     def meta_words(self, n_groups):
@@ -178,6 +217,12 @@ class RomLayout:
 
     # ---- packing (numpy words) -----------------------------------------------------------------
     def _check_packable(self) -> None:
+        if self.packing != "bits":
+            raise ValueError(
+                "base-3 (ternary) packing is counted only; the numpy packers refuse it"
+            )
+        if self.meta_bits == 0:
+            raise ValueError("formats without per-group metadata (ternary) are counted only")
         if self.word_bits not in PACKABLE_WORD_BITS:
             raise ValueError(
                 f"word_bits {self.word_bits} cannot be packed into numpy words; packable: "
@@ -348,7 +393,9 @@ class RomLayout:
 
     # ---- changing the word width ---------------------------------------------------------------
     def with_word_bits(self, word_bits: int) -> RomLayout:
-        return RomLayout(self.bits, self.group_size, self.zero_bits, self.scale_bits, word_bits)
+        return RomLayout(
+            self.bits, self.group_size, self.zero_bits, self.scale_bits, word_bits, self.packing
+        )
 
     def repack_codes(self, words: np.ndarray, src: RomLayout) -> np.ndarray:
         """Code words of whole groups laid out by ``src`` (same format, another word width) in
@@ -372,11 +419,12 @@ class RomLayout:
         return self.pack_fields(src.unpack_fields(words, count))
 
     def _check_same_format(self, src: RomLayout) -> None:
-        if (src.bits, src.group_size, src.zero_bits, src.scale_bits) != (
+        if (src.bits, src.group_size, src.zero_bits, src.scale_bits, src.packing) != (
             self.bits,
             self.group_size,
             self.zero_bits,
             self.scale_bits,
+            self.packing,
         ):
             raise ValueError(f"cannot repack {src} as {self}: formats differ")
 

@@ -1,0 +1,207 @@
+"""The technology table, the components and the predicted energy (docs/constants.md,
+docs/architecture.md): values equal the table, areas monotone in the node, energy is the sum
+over actions, unknown actions raise, operating points behave."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from romsim.area.energy import action_energy_j, dynamic_energy_j
+from romsim.area.model import area_breakdown_mm2, blocks, leakage_w
+from romsim.cli import main
+from romsim.config import load_chip
+from romsim.estimate import estimate
+from romsim.modelspec import load_model
+from romsim.perf.actions import ACTIONS
+from romsim.perf.ops import Op
+from romsim.tech import node, nodes_nm
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = tomllib.loads(resources.files("romsim.tech").joinpath("nodes.toml").read_text())
+
+
+@pytest.mark.parametrize("nm", nodes_nm())
+def test_per_node_values_equal_the_table(nm):
+    n, row = node(nm), TABLE["node"][str(nm)]
+    assert n.sram_bitcell_um2 == row["sram_bitcell_um2"]
+    assert n.nand2_um2 == row["nand2_um2"]
+    assert n.vdd_v == row["vdd_v"]
+    for key in ("sram_bitcell_um2", "nand2_um2", "vdd_v"):
+        assert row[f"{key}_src"].strip()  # every value has its source
+
+
+def test_required_nodes_are_covered():
+    assert set(nodes_nm()) >= {65, 40, 28, 22, 16, 12, 7, 6, 5, 3, 2}
+
+
+def test_sram_rom_logic_area_monotone_in_node():
+    """Smaller node, smaller (or equal) bit cells and gates; SRAM, ROM and logic each follow
+    their own published curve (the SRAM cell stalls at N3 while logic keeps shrinking)."""
+    ns = [node(nm) for nm in sorted(nodes_nm())]  # 2 nm first
+    for a, b in zip(ns, ns[1:], strict=False):
+        assert a.sram_bitcell_um2 <= b.sram_bitcell_um2
+        assert a.rom_bitcell_um2 <= b.rom_bitcell_um2
+        assert a.nand2_um2 <= b.nand2_um2
+    assert node(3).sram_bitcell_um2 == node(5).sram_bitcell_um2  # SRAM stalled
+    assert node(3).nand2_um2 < node(5).nand2_um2  # logic did not
+    chip = load_chip("roma-3b-w4")
+    areas = [
+        area_breakdown_mm2(chip.with_overrides(**{"tech.process_nm": nm}))
+        for nm in sorted(nodes_nm())
+    ]
+    for key in ("fused_cells", "lora_kv_sram", "h_compute"):
+        seq = [a[key] for a in areas]
+        assert seq == sorted(seq), key
+
+
+OPS = st.dictionaries(st.sampled_from(ACTIONS), st.floats(0, 1e12, allow_nan=False), max_size=9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(counts=OPS, nm=st.sampled_from(nodes_nm()))
+def test_energy_is_the_sum_over_actions(counts, nm):
+    chip = load_chip("roma-3b-w4").with_overrides(**{"tech.process_nm": nm})
+    per = action_energy_j(chip)
+    got = dynamic_energy_j(chip, counts)
+    assert set(got) == set(counts)
+    for k, v in counts.items():
+        assert got[k] == pytest.approx(v * per[k], rel=1e-12, abs=0)
+
+
+def test_every_action_is_priced_once_and_unknown_keys_raise():
+    chip = load_chip("roma-3b-w4")
+    assert set(action_energy_j(chip)) == set(ACTIONS)
+    with pytest.raises(KeyError, match="unknown action"):
+        dynamic_energy_j(chip, {"rom_reads": 1.0})
+    with pytest.raises(KeyError, match="unknown action"):
+        Op("x", "x", 0).count("dram_bytes", 1.0)
+
+
+def test_estimate_energy_is_actions_plus_leakage():
+    chip = load_chip("roma-3b-w4")
+    model = load_model(chip.model)
+    e = estimate(model, chip, 64, 32, per_layer=False)
+    t_tok = 1 / e.decode_tokens_per_s
+    assert e.energy_per_token_j == pytest.approx(
+        sum(e.energy_breakdown_j.values()) + e.leakage_w * t_tok, rel=1e-9
+    )
+
+
+CONFIGS = {
+    "ternary": 'base = "roma-8b-w2"\nquant = "ternary"\n',
+    "mix36": 'base = "roma-3b-w4"\nquant = "w3g128+w6x0.25"\n',
+    "logic": 'base = "roma-3b-w4"\n[rom]\nstyle = "logic"\n',
+    "rom-macro": 'base = "roma-3b-w4"\n[rom]\nstyle = "rom"\n',
+    "node2": 'base = "roma-3b-w4"\n[tech]\nprocess_nm = 2\n',
+    "node3": 'base = "roma-3b-w4"\n[tech]\nprocess_nm = 3\n',
+    "node65": 'base = "roma-3b-w4"\n[tech]\nprocess_nm = 65\nclock_hz = 200e6\n',
+    "batch8": 'base = "roma-3b-w4"\n[operating]\nbatch = 8\n[cell]\nweight_reuse_tokens = 8\n',
+    "gating": 'base = "roma-3b-w4"\n[operating]\npower_gating = true\n',
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_estimate_config_works(tmp_path, capsys, name):
+    p = tmp_path / f"{name}.toml"
+    p.write_text(CONFIGS[name])
+    assert main(["estimate", "--config", str(p), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["decode_tokens_per_s"] > 0 and d["energy_per_token_j"] > 0 and d["area_mm2"] > 0
+
+
+def test_rom_styles_compare_in_one_command(capsys):
+    assert main(["estimate", "--compare-styles", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert set(d) == {"brom", "rom", "logic"}
+    assert d["brom"]["area_mm2"] < d["rom"]["area_mm2"]
+
+
+def test_logic_rom_area_follows_the_one_bits():
+    chip = load_chip("roma-3b-w4")
+    dense = chip.with_overrides(**{"rom.style": "logic", "rom.logic_zero_bit_fraction": 0.2})
+    sparse = chip.with_overrides(**{"rom.style": "logic", "rom.logic_zero_bit_fraction": 0.8})
+    a_d = area_breakdown_mm2(dense)["fused_cells"]
+    a_s = area_breakdown_mm2(sparse)["fused_cells"]
+    assert a_s < a_d  # fewer 1-bits, fewer gates
+    # measured on real weights when not given
+    from romsim.rom.bitstats import zero_bit_fraction
+
+    f = zero_bit_fraction(chip.quant.default)
+    assert 0.3 < f < 0.8
+
+
+def test_batch_shares_rom_reads_and_keeps_kv_per_sequence():
+    base = load_chip("roma-3b-w4")
+    model = load_model(base.model)
+    b8 = base.with_overrides(**{"operating.batch": 8, "cell.weight_reuse_tokens": 8})
+    e1 = estimate(model, base, 128, 64, per_layer=False)
+    e8 = estimate(model, b8, 128, 64, per_layer=False)
+    assert e8.batch == 8
+    assert e8.decode_tokens_per_s_total > e1.decode_tokens_per_s_total  # more tokens per step
+    assert e8.decode_tokens_per_s < e1.decode_tokens_per_s  # each user waits longer
+    assert e8.energy_per_token_j < e1.energy_per_token_j  # ROM reads shared
+    assert e8.kv_bytes == pytest.approx(8 * e1.kv_bytes, rel=1e-6)
+    # without operand registers the batch re-reads every word
+    r1 = base.with_overrides(**{"operating.batch": 8})
+    e8r = estimate(model, r1, 128, 64, per_layer=False)
+    assert e8r.energy_breakdown_j["rom_bits"] > e8.energy_breakdown_j["rom_bits"]
+
+
+def test_power_gating_cuts_idle_leakage_at_an_area_cost():
+    chip = load_chip("roma-3b-w4")
+    gated = chip.with_overrides(**{"operating.power_gating": True})
+    idle = {"rom": 0.1, "h_mac": 0.05}
+    assert leakage_w(gated, idle) < leakage_w(chip, idle)
+    assert sum(b.area_mm2 for b in blocks(gated)) > sum(b.area_mm2 for b in blocks(chip))
+
+
+def test_off_chip_lm_head_is_charged():
+    chip = load_chip("roma-3b-w4")  # lm_head off chip in the preset
+    model = load_model(chip.model)
+    e = estimate(model, chip, 16, 16, per_layer=False)
+    assert e.energy_breakdown_j["offchip_bytes"] > 0
+    slow = chip.with_overrides(**{"offchip.bandwidth_bytes_per_s": 1e6})
+    assert estimate(model, slow, 16, 16, per_layer=False).decode_tokens_per_s < (
+        e.decode_tokens_per_s
+    )
+
+
+def test_clock_check_warns_not_refuses():
+    chip = load_chip("roma-3b-w4")
+    model = load_model(chip.model)
+    fast = chip.with_overrides(**{"tech.process_nm": 65, "tech.clock_hz": 5e9})
+    e = estimate(model, fast, 8, 8, per_layer=False)
+    assert "FO4" in e.clock_warning
+    assert estimate(model, chip, 8, 8, per_layer=False).clock_warning == ""
+
+
+def test_unknown_node_is_one_line(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_text('base = "roma-3b-w4"\n[tech]\nprocess_nm = 10\n')
+    assert main(["estimate", "--config", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tech.process_nm" in err[0] and "65" in err[0]
+
+
+def test_constants_doc_is_current():
+    from romsim.tech.constants_doc import render_constants
+
+    assert (ROOT / "docs" / "constants.md").read_text() == render_constants(), (
+        "regenerate: romsim constants --write docs/constants.md"
+    )
+
+
+def test_no_energy_is_fitted():
+    from romsim.validation import _NOTES
+
+    fitted = _NOTES.split("## Fitted constants")[1].split("\n\n")[2]
+    rows = [r for r in fitted.splitlines() if r.startswith("| `")]
+    assert len(rows) <= 4
+    assert not any("energy" in r.lower() or "_pj" in r.lower() or "power" in r for r in rows)
