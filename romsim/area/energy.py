@@ -26,6 +26,3 @@ def dynamic_energy_j(chip: ChipConfig, counts: dict[str, float]) -> dict[str, fl
     """Energy of each counted action (an unknown key raises)."""
     e = action_energy_j(chip)
     return {check_action(k): v * e[k] for k, v in counts.items()}
-
-
-event_energy_j = action_energy_j  # the first version's name

@@ -53,9 +53,6 @@ class Component:
         return self.count * self.leakage_w_each
 
 
-Block = Component  # the name the first version used
-
-
 def _logic_mm2(gates: float, n: Node) -> float:
     return gates * n.nand2_um2 / T.LOGIC_UTILISATION / UM2_PER_MM2
 
@@ -181,15 +178,6 @@ def cell_cycle_j(chip: ChipConfig, style: str | None = None) -> float:
     return (gates + clock) * n.gate_op_fj() * _FJ
 
 
-def die_side_mm(chip: ChipConfig) -> float:
-    return math.sqrt(sum(b.area_mm2 for b in blocks(chip) if b.unit != "off-chip"))
-
-
-def hop_mm(chip: ChipConfig) -> float:
-    """Length of one mesh hop: the die's side over the mesh's larger dimension."""
-    return die_side_mm(chip) / max(chip.mesh.rows, chip.mesh.cols)
-
-
 def blocks(chip: ChipConfig) -> list[Component]:
     """Every block: area, leakage and the energy of its actions."""
     n = node(chip.tech.process_nm)
@@ -301,10 +289,6 @@ def blocks(chip: ChipConfig) -> list[Component]:
 
 def area_breakdown_mm2(chip: ChipConfig) -> dict[str, float]:
     return {b.name: b.area_mm2 for b in blocks(chip) if b.unit != "off-chip"}
-
-
-def unit_shares(chip: ChipConfig) -> dict[str, float]:
-    return shares_of(blocks(chip))
 
 
 def shares_of(bl: list[Component]) -> dict[str, float]:
