@@ -186,6 +186,12 @@ def cmd_constants(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from romsim.trace import run
+
+    return run(args)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from romsim.config import load_chip, presets
     from romsim.modelspec import load_model, shipped_models
@@ -248,13 +254,49 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--write", help="write the markdown to this file (docs/constants.md)")
     k.set_defaults(func=cmd_constants)
 
+    tr = sub.add_parser("trace", help="Perfetto/Chrome timeline of a prefill and decode tokens")
+    _add_design_args(tr)
+    tr.add_argument(
+        "--prompt-len",
+        type=_positive_int("--prompt-len"),
+        default=32,
+        help="prompt tokens (default 32)",
+    )
+    tr.add_argument(
+        "--decode-tokens",
+        type=_positive_int("--decode-tokens", 4096),
+        default=4,
+        help="decode steps after the prefill (default 4)",
+    )
+    tr.add_argument(
+        "--layers",
+        type=_positive_int("--layers"),
+        help="decoder layers expanded per step (default: all; the rest collapse into one event)",
+    )
+    tr.add_argument("--format", choices=["json", "perfetto", "both"], default="json")
+    tr.add_argument(
+        "--out",
+        help="output file (default trace.json; trace.perfetto-trace with --format perfetto; "
+        "both: the protobuf beside the JSON, suffix .perfetto-trace)",
+    )
+    tr.add_argument("--png", help="also draw a Gantt chart of layer 0 to this PNG (matplotlib)")
+    tr.add_argument(
+        "--allow-unfit", action="store_true", help="trace even if the weights do not fit the ROM"
+    )
+    tr.set_defaults(func=cmd_trace)
+
     ls = sub.add_parser("list", help="shipped presets or models")
     ls.add_argument("what", choices=["presets", "models"])
     ls.set_defaults(func=cmd_list)
 
     # Subcommands of the other layers; each module keeps torch/amaranth/flwr imports inside
     # its functions so that building the parser stays light.
-    for modname in ("romsim.functional.cli", "romsim.rtl_cli", "romsim.fl.cli"):
+    for modname in (
+        "romsim.functional.cli",
+        "romsim.rtl_cli",
+        "romsim.fl.cli",
+        "romsim.explore.cli",
+    ):
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
