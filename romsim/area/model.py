@@ -63,6 +63,8 @@ def _logic_scale(n: Node) -> float:
 
 def _sram_mm2(bits: float, macro_bits: float, n: Node) -> float:
     """SRAM of ``bits`` in macros of ``macro_bits`` (array efficiency by capacity)."""
+    if bits <= 0:
+        return 0.0
     c7 = node(T.COMPILER_NODE_NM).sram_bitcell_um2
     eff = T.macro_efficiency(
         macro_bits, T.SRAM_EFF_1K, T.SRAM_EFF_8K, n.sram_bitcell_um2, c7, _logic_scale(n)
