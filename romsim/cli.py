@@ -83,7 +83,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from romsim.estimate import estimate, require_rom_fit
     from romsim.perf.model import PerfModel
 
-    model, chip = _load_design(args)
+    if args.design:  # a design of an explore run: its base chip, parameters and workload
+        from romsim.explore.run import design_from_ref
+
+        model, chip, args.prompt_len, args.gen_len, _ = design_from_ref(args.design)
+    else:
+        model, chip = _load_design(args)
     _check_context(model, prompt_len=args.prompt_len, gen_len=args.gen_len)
     if args.batch is not None:
         chip = chip.with_overrides(**{"operating.batch": args.batch})
@@ -228,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-styles",
         action="store_true",
         help="the same design with each ROM style (brom, rom, logic) side by side",
+    )
+    e.add_argument(
+        "--design",
+        metavar="RUN:ID",
+        help="a design of a `romsim explore` run (its chip, model and workload)",
     )
     e.add_argument("--strict", action="store_true", help="exit 2 if the run does not fit the SRAM")
     e.add_argument(
