@@ -27,6 +27,19 @@ MAX_TOKENS = 64
 SYNTH_WORD_BITS = (8, 1024)
 # - accumulator bits: romsim.config.FusedCellConfig.acc_bits' range.
 ACC_BITS = (8, 64)
+# - structural ROM synthesis (romsim.rtl.brom): image rows (Yosys on 4096 x 64 takes ~1 min)
+MAX_ROM_SYNTH_ROWS = 1 << 14
+ROM_STYLES = ("brom", "rom")
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return v
 
 
 def _int_in(lo: int, hi: int, zero_ok: bool = False) -> Callable[[str], int]:
@@ -145,6 +158,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.add_argument("--markdown", action="store_true", help="print the docs table")
     s.add_argument("--json", action="store_true", help="print JSON")
+    r = s.add_argument_group(
+        "ROM arrays (romsim.rtl.brom)",
+        "with --rom-style: synthesize a structural ROM array of an image instead of the cell "
+        "compute; prints transistors (abc -g cmos2; stat -tech cmos) and NAND2-eq per stored bit",
+    )
+    r.add_argument("--rom-style", choices=(*ROM_STYLES, "both"), help="B-ROM, standard ROM, both")
+    r.add_argument(
+        "--rows", type=_int_in(4, MAX_ROM_SYNTH_ROWS), default=256, help="image words (256)"
+    )
+    r.add_argument("--random", action="store_true", help="random bits instead of a real tile")
+    r.add_argument("--one-fraction", type=_fraction, default=0.5, help="--random: p(bit = 1)")
+    r.add_argument("--seed", type=int, default=0, help="--random: numpy seed")
+    r.add_argument("--matrix", default="q", help="real image: SmolLM2-135M layer-0 matrix (q)")
+    r.add_argument("--flatten", action="store_true", help="synth -flatten (re-minimise as logic)")
     s.set_defaults(func=cmd_synth)
     return p
 
@@ -254,6 +281,8 @@ def cmd_build(args) -> int:
 def cmd_synth(args) -> int:
     from romsim.rtl import synth
 
+    if args.rom_style:
+        return cmd_synth_rom(args)
     if args.all:
         bits_list, styles = [2, 3, 4, 8], list(STYLES)
     elif args.bits is None:
@@ -288,6 +317,61 @@ def cmd_synth(args) -> int:
         print(json.dumps(cal, indent=1))
     if args.markdown:
         print(markdown_table(cal))
+    return 0
+
+
+def cmd_synth_rom(args) -> int:
+    """``romsim rtl synth --rom-style brom|rom|both``: per stored bit, Yosys transistors and
+    NAND2-eq of the structural arrays of one image (and the 6T SRAM reference)."""
+    from romsim.rtl import synth
+
+    if args.word_bits > 64 or (not args.random and args.word_bits not in PACKABLE_WORD_BITS):
+        raise RomsimInputError(
+            "word-bits", args.word_bits, "ROM arrays: 8/16/32/64 (real tiles) or <= 64 (--random)"
+        )
+    styles = ROM_STYLES if args.rom_style == "both" else (args.rom_style,)
+    try:
+        words, src = synth.rom_image(
+            args.rows,
+            args.word_bits,
+            bits=args.bits or 4,
+            random=args.random,
+            seed=args.seed,
+            one_fraction=args.one_fraction,
+            matrix=args.matrix,
+        )
+    except ValueError as e:
+        raise RomsimInputError("rows", args.rows, str(e)) from None
+    res = synth.rom_comparison(words, args.word_bits, styles, flatten=args.flatten)
+    res["source"] = src
+    res["bits"] = None if args.random else (args.bits or 4)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    st = res["image"]
+    print(
+        f"image: {st['rows']} x {st['width']} = {st['bits']} bits, {src}; "
+        f"1-bits {st['one_fraction']:.3f}, 4-bit column patterns: {st['distinct_patterns']} "
+        f"distinct, entropy {st['pattern_entropy_bits']:.2f} bits"
+    )
+    print(
+        f"{'style':6s} {'transistors':>12s} {'T/bit':>7s} {'NAND2-eq':>10s} {'N2/bit':>7s} "
+        f"{'N2/1-bit':>8s}"
+    )
+    for s in styles:
+        r = res[s]
+        print(
+            f"{s:6s} {r['transistors']:12d} {r['transistors_per_bit']:7.3f} {r['nand2_eq']:10.1f} "
+            f"{r['nand2_eq_per_bit']:7.3f} {r['nand2_eq_per_one_bit']:8.3f}"
+        )
+    print(f"{'sram':6s} {6 * st['bits']:12d} {6.0:7.3f}  (6T bit cell, stated)")
+    d = st["devices"]
+    print(
+        f"array device model per stored bit: ROM {d['rom_per_bit'] / st['bits']:.3f} "
+        f"(NOR, devices at 1-bits only: {d['rom_per_one'] / st['bits']:.3f}), B-ROM "
+        f"{d['brom_per_group_col'] / st['bits']:.3f} (0000 unconnected: "
+        f"{d['brom_nonzero'] / st['bits']:.3f}), SRAM 6"
+    )
     return 0
 
 

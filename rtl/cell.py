@@ -38,6 +38,9 @@ from .fp import dequant_expr, fp32_add_expr
 from .params import EXP_BITS, LATENCY_CYCLES, SCALE_BITS, CellParams
 
 LATENCY_FUSED = LATENCY_CYCLES["fused"]
+# FusedCell's ROM: "memory" = amaranth.lib.memory (behavioural, the reference); "brom" / "rom" =
+# the structural arrays of romsim.rtl.brom (B-ROM, standard NOR-array ROM)
+ROM_STYLES_CELL = ("memory", "brom", "rom")
 LATENCY_CONVENTIONAL = LATENCY_CYCLES["conventional"]
 
 
@@ -464,7 +467,13 @@ class FusedCell(wiring.Component):
         *,
         style: str = "fused",
         tiles: list[CellParams] | None = None,
+        rom_style: str = "memory",
+        rom_corrupt: tuple[int, int] | None = None,
     ):
+        if rom_style not in ROM_STYLES_CELL:
+            raise ValueError(f"rom_style {rom_style!r}: one of {', '.join(ROM_STYLES_CELL)}")
+        self.rom_style = rom_style
+        self.rom_corrupt = rom_corrupt
         self.p = p
         self.words = [int(w) for w in words]
         want = p.rom_rows if tiles is None else sum(q.rom_rows for q in tiles)
@@ -493,16 +502,33 @@ class FusedCell(wiring.Component):
         p = self.p
         m.submodules.core = core = self.core
         init = self.words + [0] * (p.rom_depth - len(self.words))
-        m.submodules.rom = rom = memory.Memory(
-            shape=unsigned(p.word_bits), depth=p.rom_depth, init=init
-        )
-        rd = rom.read_port()
-        m.d.comb += [rd.addr.eq(core.rom_addr), rd.en.eq(core.rom_en)]
+        if self.rom_style == "memory":  # behavioural ROM (the reference)
+            m.submodules.rom = rom = memory.Memory(
+                shape=unsigned(p.word_bits), depth=p.rom_depth, init=init
+            )
+            rd = rom.read_port()
+            m.d.comb += [rd.addr.eq(core.rom_addr), rd.en.eq(core.rom_en)]
+            rom_data = rd.data
+        else:  # structural B-ROM / standard ROM (romsim.rtl.brom): the same synchronous read
+            from .brom import make_rom
+
+            m.submodules.rom = srom = make_rom(
+                self.rom_style, self.words, p.word_bits, corrupt=self.rom_corrupt
+            )
+            addr_q = Signal(len(core.rom_addr), name="rom_addr_q")
+            with m.If(core.rom_en):
+                m.d.sync += addr_q.eq(core.rom_addr)
+            m.d.comb += srom.addr.eq(addr_q)
+            rom_data = Signal(p.word_bits, name="rom_rdata")
+            if len(addr_q) > srom.addr_bits:  # no aliasing: past the array reads 0
+                m.d.comb += rom_data.eq(Mux(addr_q[srom.addr_bits :] == 0, srom.data, 0))
+            else:
+                m.d.comb += rom_data.eq(srom.data)
         if self.style == "fused":
-            m.d.comb += core.rom_data.eq(rd.data)
+            m.d.comb += core.rom_data.eq(rom_data)
         else:  # standard ROM macro: registered output latch
             q = Signal(p.word_bits, name="rom_q")
-            m.d.sync += q.eq(rd.data)
+            m.d.sync += q.eq(rom_data)
             m.d.comb += core.rom_data.eq(q)
         for name in self.signature.members:
             port, cport = getattr(self, name), getattr(core, name)

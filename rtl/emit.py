@@ -36,10 +36,18 @@ class BuildInfo:
 
 
 def _key(
-    params: list[CellParams], words: list[np.ndarray], style: str, max_tokens: int, row_sums: bool
+    params: list[CellParams],
+    words: list[np.ndarray],
+    style: str,
+    max_tokens: int,
+    row_sums: bool,
+    rom: tuple = (),
 ) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([p.label() for p in params] + [style, max_tokens, row_sums, 3]).encode())
+    extra = [list(rom)] if rom else []
+    h.update(
+        json.dumps([p.label() for p in params] + [style, max_tokens, row_sums, 3] + extra).encode()
+    )
     for w in words:
         h.update(np.ascontiguousarray(w, np.uint64).tobytes())
     return h.hexdigest()[:16]
@@ -55,17 +63,23 @@ def emit_rowblock(
     build_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
     force: bool = False,
+    rom_style: str = "memory",
+    rom_corrupt: tuple[int, int, int] | None = None,
 ) -> BuildInfo:
     """Verilog of a :class:`~romsim.rtl.cell.RowBlock` of cells holding ``words`` (one tile per
     cell) into ``build_dir/<hash>/romsim_rowblock.v``; reuses an existing build of the same
-    content unless ``force``."""
+    content unless ``force``. ``rom_style``: the cells' ROM (``FusedCell``: "memory" behavioural,
+    "brom"/"rom" structural, :mod:`romsim.rtl.brom`); ``rom_corrupt = (cell, row, col)`` flips one
+    stored bit in that cell's structural array only."""
     from amaranth.back import verilog
 
     from .cell import FusedCell, RowBlock
 
     root = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
-    key = _key(params, words, style, max_tokens, row_sums)
+    rom = () if rom_style == "memory" else (rom_style, rom_corrupt)
+    key = _key(params, words, style, max_tokens, row_sums, rom)
     rs = "_rows" if row_sums else ""
+    rs += "" if rom_style == "memory" else f"_{rom_style}"
     out = root / f"{style}_{params[0].label()}_x{len(params)}{rs}_{key}"
     vpath = out / f"{TOP_NAME}.v"
     jpath = out / "build.json"
@@ -82,7 +96,16 @@ def emit_rowblock(
             info.get("meta", {}),
         )
     t0 = time.perf_counter()
-    cells = [FusedCell(p, w, style=style) for p, w in zip(params, words, strict=True)]
+    cells = [
+        FusedCell(
+            p,
+            w,
+            style=style,
+            rom_style=rom_style,
+            rom_corrupt=rom_corrupt[1:] if rom_corrupt and rom_corrupt[0] == i else None,
+        )
+        for i, (p, w) in enumerate(zip(params, words, strict=True))
+    ]
     top = RowBlock(cells, max_tokens=max_tokens, row_sums=row_sums)
     text = verilog.convert(top, name=TOP_NAME, emit_src=False)
     gen_s = time.perf_counter() - t0

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .params import CellParams
 
 YOSYS_PINNED = "0.23"
@@ -207,7 +209,13 @@ def calibration(results: list[SynthResult]) -> dict:
 
 
 def write_calibration(data: dict, path: Path = CALIBRATION_PATH) -> Path:
+    """Write ``data`` atomically; an existing file's ``logic_rom`` entry (measured by
+    ``romsim rtl synth --rom-style rom --flatten``, not by ``--all``) is kept."""
     path = Path(path)
+    if path.is_file() and "logic_rom" not in data:
+        old = json.loads(path.read_text())
+        if "logic_rom" in old:
+            data = data | {"logic_rom": old["logic_rom"]}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(path)
@@ -242,3 +250,179 @@ def area_table(cal: dict, chip=None) -> list[dict]:
             }
         rows.append(row)
     return rows
+
+
+# ---- structural ROM arrays: transistors and NAND2-eq per stored bit ---------------------------
+
+ROM_SCRIPT = (
+    "read_verilog {v}; synth -top {top}{flat}; tee -o nand2.txt stat; "
+    "abc -g cmos2; tee -o cmos.txt stat -tech cmos"
+)
+SRAM_TRANSISTORS_PER_BIT = 6  # a 6T SRAM bit cell (stated, not synthesized)
+
+
+@dataclass
+class RomSynthResult:
+    """Yosys counts of one structural ROM array (:mod:`romsim.rtl.brom`) of ``rows x width``."""
+
+    style: str
+    rows: int
+    width: int
+    ones: int
+    flatten: bool
+    cells: dict[str, int]  # after ``synth`` (Yosys' internal gate library)
+    nand2_eq: float
+    cmos_cells: dict[str, int]  # after ``abc -g cmos2``
+    transistors: int  # ``stat -tech cmos``: "Estimated number of transistors"
+    seconds: float
+    yosys_version: str
+
+    @property
+    def bits(self) -> int:
+        return self.rows * self.width
+
+    def as_dict(self) -> dict:
+        return {
+            "style": self.style,
+            "rows": self.rows,
+            "width": self.width,
+            "bits": self.bits,
+            "ones": self.ones,
+            "flatten": self.flatten,
+            "transistors": self.transistors,
+            "transistors_per_bit": self.transistors / self.bits,
+            "nand2_eq": round(self.nand2_eq, 1),
+            "nand2_eq_per_bit": self.nand2_eq / self.bits,
+            "nand2_eq_per_one_bit": self.nand2_eq / max(self.ones, 1),
+            "yosys_cells": dict(sorted(self.cells.items())),
+            "cmos_cells": dict(sorted(self.cmos_cells.items())),
+            "seconds": round(self.seconds, 2),
+            "yosys_version": self.yosys_version,
+        }
+
+
+def parse_transistors(text: str) -> int:
+    """The last "Estimated number of transistors" of a ``stat -tech cmos`` log (with hierarchy:
+    the design total)."""
+    hits = re.findall(r"Estimated number of transistors:\s+(\d+)", text)
+    if not hits:
+        raise RuntimeError("no transistor estimate in the yosys log (stat -tech cmos)")
+    return int(hits[-1])
+
+
+def synth_rom(
+    style: str,
+    words,
+    width: int,
+    *,
+    flatten: bool = False,
+    exe: str = "yosys",
+    keep_dir: Path | None = None,
+    check_version: bool = True,
+) -> RomSynthResult:
+    """Synthesize the structural array of ``words`` (``style`` brom|rom): ``synth -top`` (block
+    hierarchy kept unless ``flatten``: with it Yosys/ABC re-minimise the image as logic), NAND2-eq
+    from the gate counts, then ``abc -g cmos2; stat -tech cmos`` for the transistor estimate."""
+    from .brom import make_rom, rom_verilog
+
+    ver = yosys_version(exe)
+    if check_version and not ver.startswith(YOSYS_PINNED):
+        raise RuntimeError(f"yosys {ver} found; the counts are pinned to {YOSYS_PINNED}")
+    rom = make_rom(style, words, width)
+    top = f"rom_{style}"
+    ones = sum(int(w).bit_count() for w in rom.image)
+    with tempfile.TemporaryDirectory(prefix="romsim_synth_rom_") as td:
+        d = keep_dir or Path(td)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{top}.v").write_text(rom_verilog(rom, top))
+        script = ROM_SCRIPT.format(v=f"{top}.v", top=top, flat=" -flatten" if flatten else "")
+        (d / "synth.ys").write_text(script.replace("; ", "\n") + "\n")
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [shutil.which(exe), "-q", "-s", "synth.ys"], cwd=d, capture_output=True, text=True
+        )
+        secs = time.perf_counter() - t0
+        if r.returncode:
+            raise RuntimeError(f"yosys failed: {r.stderr.strip()[-2000:]}")
+        nand_log = (d / "nand2.txt").read_text()
+        cmos_log = (d / "cmos.txt").read_text()
+    cells = parse_stat(nand_log)
+    nand2 = sum(gate_weight(c) * n for c, n in cells.items())
+    return RomSynthResult(
+        style,
+        len(rom.image),
+        width,
+        ones,
+        flatten,
+        cells,
+        nand2,
+        parse_stat(cmos_log),
+        parse_transistors(cmos_log),
+        secs,
+        ver,
+    )
+
+
+def rom_image(
+    rows: int,
+    width: int = 64,
+    *,
+    bits: int = 4,
+    random: bool = False,
+    seed: int = 0,
+    one_fraction: float = 0.5,
+    model: str = "smollm2-135m",
+    layer: int = 0,
+    matrix: str = "q",
+) -> tuple[list[int], str]:
+    """A ROM image of ``rows`` ``width``-bit words and where it came from. Real: the first
+    ``rows`` words of the run of groups ``[0, n)`` of ``layers.LAYER.MATRIX`` at ``bits``
+    (``romsim.rtl.tile.tile_words``: codes, then the run's metadata; ``n`` the fewest groups that
+    give ``rows`` words) -- SmolLM2-135M weights re-quantized, as in the cocotb tests. Random:
+    independent bits, 1 with probability ``one_fraction`` (numpy seed ``seed``)."""
+    if random:
+        rng = np.random.default_rng(seed)
+        b = (rng.random((rows, width)) < one_fraction).astype(np.uint64)
+        w = (b << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+        return [int(x) for x in w], f"random bits p(1)={one_fraction} seed={seed}"
+    from .tile import matrix_qtensor, tile_words
+
+    qt, src = matrix_qtensor(model, layer, matrix, bits, 128)
+    per_group = 128 * bits / width
+    n = max(1, int(rows / per_group))
+    while True:
+        w = tile_words(qt, 0, n, width)
+        if w.size >= rows or n >= qt.n_groups * qt.n:
+            break
+        n += 1
+    if w.size < rows:
+        raise ValueError(f"{model} layer {layer} {matrix} has fewer than {rows} words")
+    return [int(x) for x in w[:rows]], f"{model}:{layer}:{matrix} groups [0, {n}): {src}"
+
+
+def rom_comparison(
+    words: list[int],
+    width: int,
+    styles: tuple[str, ...] = ("brom", "rom"),
+    *,
+    flatten: bool = False,
+) -> dict:
+    """Per style the Yosys counts (transistors, NAND2-eq; per stored bit and per 1-bit) plus the
+    image's bit statistics and the device-level array model (:func:`romsim.rtl.brom.image_stats`)
+    and the 6T SRAM reference."""
+    from .brom import image_stats
+
+    st = image_stats(words, width)
+    out: dict = {"image": st, "sram_6t_transistors_per_bit": SRAM_TRANSISTORS_PER_BIT}
+    for s in styles:
+        out[s] = synth_rom(s, words, width, flatten=flatten).as_dict()
+    if "brom" in out and "rom" in out:
+        out["brom_over_rom"] = {
+            "transistors": out["brom"]["transistors"] / out["rom"]["transistors"],
+            "nand2_eq": out["brom"]["nand2_eq"] / out["rom"]["nand2_eq"],
+            "devices_vs_rom_per_bit": st["devices"]["brom_per_group_col"]
+            / st["devices"]["rom_per_bit"],
+            "devices_vs_rom_per_one": st["devices"]["brom_per_group_col"]
+            / max(st["devices"]["rom_per_one"], 1),
+        }
+    return out

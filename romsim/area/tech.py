@@ -14,7 +14,11 @@ from romsim.tech import node
 BROM_AREA_FACTOR = 0.60  # (P) B-ROM: ~40 % less area than a standard ROM
 BROM_READ_FACTOR = 0.60  # (P) B-ROM read: the 16 candidates are generated once per 4-row group
 #                         and ~1/4 of the transistors switch; taken equal to the area factor (C)
-BROM_TRANSISTOR_FACTOR = 0.25  # (P) about 1/4 of the transistors of a standard ROM
+BROM_TRANSISTOR_FACTOR = 0.25  # (P) about 1/4 of the transistors of a standard ROM: holds as
+#   a device count against one device per bit position (0.251-0.254, rtl/brom.py); against a
+#   NOR ROM with devices at the 1-bits only it is 1/(4 f1) ~ 0.56, and synthesized to gates the
+#   B-ROM is 0.76-1.04x the standard ROM (docs/rtl.md, "Structural ROM arrays"). The area
+#   factor above stays the paper's figure: no transistor count derives 0.6.
 # Array efficiency (bit-cell area / macro area) of the paper's 7 nm compiler, N x 64 macros:
 ROM_EFF_1K, ROM_EFF_8K = 0.194, 0.520  # (P)
 SRAM_EFF_1K, SRAM_EFF_8K = 0.354, 0.694  # (P)
