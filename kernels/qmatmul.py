@@ -34,8 +34,52 @@ from . import bitpack as bp
 LAYOUT_STREAM = 0  # LSB-first stream of `bits`-wide unsigned codes (affine, symmetric)
 LAYOUT_Q4 = 1  # llama.cpp Q4_x: byte j = element j (low nibble) | element j+16 (high nibble)
 LAYOUT_Q8 = 2  # llama.cpp Q8_0: byte j = element j as int8
+LAYOUT_Q5 = 3  # llama.cpp Q5_0/Q5_1: qh (4 bytes, bit e = element e's 5th bit), then Q4_x nibbles
+# K-quants: the compute group is a sub-block of the 256-weight super-block whose code bytes
+# are the ROM group (decoders address sub-block j of super-block gidx // subs)
+LAYOUT_Q2K = 4
+LAYOUT_Q3K = 5
+LAYOUT_Q4K = 6
+LAYOUT_Q5K = 7
+LAYOUT_Q6K = 8
+LAYOUT_NF4 = 9  # bitsandbytes NF4: byte j = element 2j (high nibble) | element 2j+1 (low)
+_GGUF_LAYOUT = {
+    "q4_0": LAYOUT_Q4,
+    "q4_1": LAYOUT_Q4,
+    "q8_0": LAYOUT_Q8,
+    "q5_0": LAYOUT_Q5,
+    "q5_1": LAYOUT_Q5,
+    "q2_k": LAYOUT_Q2K,
+    "q3_k": LAYOUT_Q3K,
+    "q4_k": LAYOUT_Q4K,
+    "q5_k": LAYOUT_Q5K,
+    "q6_k": LAYOUT_Q6K,
+}
 
-KINDS = ("affine", "symmetric", "q4_0", "q4_1", "q8_0")
+KINDS = ("affine", "symmetric", *bp.GGUF_KINDS, "nf4")
+NF4_BLOCK = 64  # bitsandbytes' default blocksize (the QLoRA paper's)
+# bitsandbytes.functional.get_4bit_type("nf4") (QLoRA, Dettmers et al. 2023), as fp32
+NF4_TABLE = np.array(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ],
+    dtype=np.float32,
+)
 
 
 @dataclass
@@ -43,9 +87,15 @@ class QTensor:
     """A quantized ``[n, k]`` weight as it lies in ROM, plus its decoded group metadata.
 
     ``words``/``meta`` are the ROM words (the bit-exact image); ``scale`` (fp32 of the fp16
-    scale or d), ``zero`` (int32: affine z, 2**(bits-1) for symmetric, 8 for Q4_0, 0 otherwise)
-    and ``minimum`` (fp32 of Q4_1's m, else 0) are decoded once from ``meta`` -- the hardware's
-    metadata decoder -- and cached as ``[n, n_groups]`` arrays.
+    scale or d; K-quants: fp32 ``d*sc`` per sub-block; NF4: the fp32 absmax), ``zero`` (int32:
+    affine z, 2**(bits-1) for symmetric, 8 for Q4_0, 16 for Q5_0, 4 for Q3_K, 32 for Q6_K, 0
+    otherwise) and ``minimum`` (fp32 of Q4_1/Q5_1's m, ``-dmin*m`` of Q2_K/Q4_K/Q5_K, else 0)
+    are decoded once from ``meta`` -- the hardware's metadata decoder -- and cached as
+    ``[n, n_groups]`` arrays.
+
+    ``group_size`` is the *compute* group (scales, activation blocks, the int path's dots): the
+    ROM group for every kind but the K-quants, whose compute group is the 16- or 32-weight
+    sub-block of the 256-weight super-block that is their ROM group (:attr:`rom_group_size`).
     """
 
     kind: str
@@ -69,11 +119,19 @@ class QTensor:
 
     @property
     def layout(self) -> int:
-        if self.kind in ("q4_0", "q4_1"):
-            return LAYOUT_Q4
-        if self.kind == "q8_0":
-            return LAYOUT_Q8
-        return LAYOUT_STREAM
+        if self.kind == "nf4":
+            return LAYOUT_NF4
+        return _GGUF_LAYOUT.get(self.kind, LAYOUT_STREAM)
+
+    @property
+    def rom_group_size(self) -> int:
+        """Weights per ROM group (the layout's ``G``): 256 for K-quants, else ``group_size``."""
+        return self.rom_layout.group_size
+
+    @property
+    def rom_groups(self) -> int:
+        """ROM groups of the whole matrix (row-major), what ``words``/``meta`` hold."""
+        return self.n * bp.n_groups(self.k, self.rom_group_size)
 
     @property
     def rom_layout(self) -> RomLayout:
@@ -86,7 +144,7 @@ class QTensor:
 
     @property
     def has_min(self) -> bool:
-        return self.kind == "q4_1"
+        return self.kind in bp.GGUF_HAS_MIN
 
     @property
     def rom_bytes(self) -> int:
@@ -98,13 +156,38 @@ class QTensor:
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
     def from_gguf(cls, raw: np.ndarray, kind: str, n: int, k: int) -> QTensor:
-        words, meta, d, m = bp.gguf_blocks_to_words(raw, kind, n, k)
-        nbk = k // bp.GGUF_BLOCK
-        zero = np.full((n, nbk), 8 if kind == "q4_0" else 0, np.int32)
-        mn = m.astype(np.float32) if m is not None else np.zeros((n, nbk), np.float32)
-        return cls(
-            kind, 8 if kind == "q8_0" else 4, 32, n, k, words, meta, d.astype(np.float32), zero, mn
-        )
+        """Raw llama.cpp blocks (any of :data:`romsim.kernels.bitpack.GGUF_KINDS`) as ROM words,
+        bytes unchanged (ROM rules 7, 9)."""
+        words, meta, _, _ = bp.gguf_blocks_to_words(raw, kind, n, k)
+        return cls.from_words(kind, bp.GGUF_BITS[kind], bp.GGUF_SUB_BLOCK[kind], n, k, words, meta)
+
+    @classmethod
+    def from_nf4(cls, packed: np.ndarray, absmax: np.ndarray, n: int, k: int) -> QTensor:
+        """bitsandbytes NF4 (``quantize_4bit(W, blocksize=64, quant_type="nf4")`` of a ``[n, k]``
+        weight: ``packed`` its uint8 bytes, ``absmax`` its fp32 block absmax) as ROM words: the
+        packed bytes unchanged as the code stream, the absmax fp32 bit patterns as the fields
+        (ROM rule 7b). ``k`` must be a multiple of 64 (blocks then never straddle rows)."""
+        if k % NF4_BLOCK:
+            raise ValueError(f"nf4 needs K % {NF4_BLOCK} == 0 (K={k})")
+        by = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+        am = np.ascontiguousarray(absmax, dtype=np.float32).reshape(-1)
+        ng = k // NF4_BLOCK
+        if by.size != n * k // 2 or am.size != n * ng:
+            raise ValueError(
+                f"nf4 [{n}, {k}] needs {n * k // 2} bytes and {n * ng} absmax, got "
+                f"{by.size} and {am.size}"
+            )
+        lay = _layout("nf4", 4, NF4_BLOCK)
+        words = by.view("<u8").astype(np.uint64)
+        meta = lay.pack_fields(am.view(np.uint32).astype(np.uint64))
+        return cls.from_words("nf4", 4, NF4_BLOCK, n, k, words, meta)
+
+    @classmethod
+    def quantize_nf4(cls, w: np.ndarray) -> QTensor:
+        """NF4 with bitsandbytes' algorithm (:func:`quantize_nf4`, blocks of 64)."""
+        w = np.asarray(w, np.float32)
+        packed, absmax = quantize_nf4(w)
+        return cls.from_nf4(packed, absmax, *w.shape)
 
     @classmethod
     def from_affine(
@@ -159,6 +242,33 @@ class QTensor:
         if kind not in KINDS:
             raise ValueError(f"unsupported kind {kind!r}; supported: {', '.join(KINDS)}")
         lay = _layout(kind, bits, group_size)
+        if kind in bp.GGUF_KINDS or kind == "nf4":
+            fixed = (
+                (4, NF4_BLOCK) if kind == "nf4" else (bp.GGUF_BITS[kind], bp.GGUF_SUB_BLOCK[kind])
+            )
+            if (bits, group_size) != fixed:
+                raise ValueError(
+                    f"{kind} is fixed at bits={fixed[0]}, group_size={fixed[1]} "
+                    f"(got {bits}, {group_size})"
+                )
+            if k % lay.group_size:
+                raise ValueError(f"{kind} needs K % {lay.group_size} == 0 (K={k})")
+            count = n * (k // lay.group_size)
+            if words.size != lay.code_words(count):
+                raise ValueError(
+                    f"expected {lay.code_words(count)} code words for {kind} [{n}, {k}], "
+                    f"got {words.size}"
+                )
+        if kind == "nf4":
+            f = lay.unpack_fields(meta, count)
+            am = f.astype(np.uint32).view(np.float32).reshape(n, ng)
+            return cls(kind, 4, NF4_BLOCK, n, k, words, meta, am, np.zeros((n, ng), np.int32),
+                       zeros_f)  # fmt: skip
+        if kind in bp.GGUF_KINDS and kind not in ("q4_0", "q4_1", "q8_0"):
+            sc, mn = bp.gguf_sub_params(lay.unpack_field_bytes(meta, count), kind)
+            z = np.full((n, ng), bp.GGUF_ZERO[kind], np.int32)
+            return cls(kind, bits, group_size, n, k, words, meta, sc.reshape(n, ng), z,
+                       mn.reshape(n, ng))  # fmt: skip
         if kind == "q4_1":
             d, mb = lay.unpack_meta(meta, count)
             mn = mb.astype(np.uint16).view(np.float16).astype(np.float32).reshape(n, ng)
@@ -200,9 +310,16 @@ class QTensor:
         )
 
     def codes(self) -> np.ndarray:
-        """Element-ordered codes ``[n, k]`` (int16; Q8_0 signed), unpacked with numpy."""
+        """Element-ordered codes ``[n, k]`` (int16; Q8_0 signed; NF4: codebook indices),
+        unpacked with numpy."""
         if self.layout == LAYOUT_STREAM:
             return self.rom_layout.unpack_codes(self.words, self.n, self.k).astype(np.int16)
+        if self.layout == LAYOUT_NF4:
+            by = self.code_bytes()
+            return np.stack([by >> 4, by & 15], axis=1).reshape(self.n, self.k).astype(np.int16)
+        if self.kind not in ("q4_0", "q4_1", "q8_0"):
+            cb = self.code_bytes().reshape(self.rom_groups, self.group_bytes)
+            return bp.gguf_block_codes(cb, self.kind).reshape(self.n, self.k)
         by = self.code_bytes().reshape(self.n, self.n_groups, self.group_bytes)
         if self.layout == LAYOUT_Q8:
             return by.view(np.int8).astype(np.int16).reshape(self.n, self.k)
@@ -215,6 +332,8 @@ def _layout(kind: str, bits: int, group_size: int) -> RomLayout:
     """The 64-bit-word :class:`RomLayout` of a kernel tensor kind (GGUF kinds fixed)."""
     if kind in bp.GGUF_KINDS:
         return bp.gguf_layout(kind)
+    if kind == "nf4":  # rule 7b: bitsandbytes' bytes, fp32 absmax
+        return RomLayout(4, NF4_BLOCK, 0, 32, KERNEL_WORD_BITS)
     zero_bits = bits if kind == "affine" else 0
     return RomLayout(bits, group_size, zero_bits, 16, KERNEL_WORD_BITS)
 
@@ -224,9 +343,28 @@ def _layout(kind: str, bits: int, group_size: int) -> RomLayout:
 
 
 @nb.njit(inline="always")
-def _decode_group(by, base, layout, bits, G, q):
-    """Decode one group's codes from the byte view of the ROM words into ``q[:G]``."""
-    if layout == 1:
+def _decode_group(by, gidx, gbytes, layout, bits, G, q):
+    """Decode compute group ``gidx``'s codes (row-major group index) from the byte view of the
+    ROM words into ``q[:G]`` (``gbytes``: code bytes per ROM group)."""
+    if layout >= 4:  # K-quants: sub-block j of super-block gidx // subs
+        subs = 256 // G
+        base = (gidx // subs) * gbytes
+        j0 = (gidx % subs) * G
+        _decode_kquant(by, base, j0, layout, G, q)
+        return
+    base = gidx * gbytes
+    if layout == 3:
+        qh = (
+            np.uint32(by[base])
+            | (np.uint32(by[base + 1]) << 8)
+            | (np.uint32(by[base + 2]) << 16)
+            | (np.uint32(by[base + 3]) << 24)
+        )
+        for j in range(16):
+            v = np.int32(by[base + 4 + j])
+            q[j] = (v & 15) | (np.int32((qh >> j) & 1) << 4)
+            q[j + 16] = (v >> 4) | (np.int32((qh >> (j + 16)) & 1) << 4)
+    elif layout == 1:
         for j in range(16):
             v = by[base + j]
             q[j] = v & 15
@@ -275,6 +413,32 @@ def _decode_group(by, base, layout, bits, G, q):
             q[i] = (v >> off) & mask
 
 
+@nb.njit(inline="always")
+def _decode_kquant(by, base, j0, layout, G, q):
+    """Elements ``j0 .. j0+G-1`` of a K-quant super-block whose code bytes start at ``base``
+    (layout rule 9 of romsim.rom.layout; element order of llama.cpp's dequantize_row_*)."""
+    for i in range(G):
+        e = j0 + i
+        if layout == 4:  # Q2_K: qs[32h + l] >> 2s, e = 128h + 32s + l
+            q[i] = (np.int32(by[base + 32 * (e >> 7) + (e & 31)]) >> (2 * ((e >> 5) & 3))) & 3
+        elif layout == 5:  # Q3_K: hmask[32] then qs[64]; code = low 2 bits + 4 * hmask bit
+            lo = (np.int32(by[base + 32 + 32 * (e >> 7) + (e & 31)]) >> (2 * ((e >> 5) & 3))) & 3
+            hb = (np.int32(by[base + (e & 31)]) >> (e >> 5)) & 1
+            q[i] = lo + 4 * hb
+        elif layout == 6:  # Q4_K: qs[32c + l] >> 4h, e = 64c + 32h + l
+            q[i] = (np.int32(by[base + 32 * (e >> 6) + (e & 31)]) >> (4 * ((e >> 5) & 1))) & 15
+        elif layout == 7:  # Q5_K: qh[32] then qs[128]
+            lo = (np.int32(by[base + 32 + 32 * (e >> 6) + (e & 31)]) >> (4 * ((e >> 5) & 1))) & 15
+            hb = (np.int32(by[base + (e & 31)]) >> (e >> 5)) & 1
+            q[i] = lo | (hb << 4)
+        else:  # Q6_K: ql[128] (e = 128h + 64s + l) then qh[64] (e = 128h + 32t + l)
+            r = e & 127
+            h = e >> 7
+            lo = (np.int32(by[base + 64 * h + (r & 63)]) >> (4 * (r >> 6))) & 15
+            hi = (np.int32(by[base + 128 + 32 * h + (r & 31)]) >> (2 * (r >> 5))) & 3
+            q[i] = lo | (hi << 4)
+
+
 @nb.njit(cache=True)
 def _group_sums_f32(X, G):
     M, Kp = X.shape
@@ -298,7 +462,7 @@ def _qmm_float(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, X, ou
         q = np.empty(G, np.float32)
         acc = np.zeros(M, np.float32)
         for g in range(ng):
-            _decode_group(by, (n * ng + g) * gbytes, layout, bits, G, q)
+            _decode_group(by, n * ng + g, gbytes, layout, bits, G, q)
             s = scale[n, g]
             c = minimum[n, g] if has_min else -s * np.float32(zero[n, g])
             k0 = g * G
@@ -321,7 +485,7 @@ def _qmm_int(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, A, S, P
         q = np.empty(G, np.int32)
         acc = np.zeros(M, np.float32)
         for g in range(ng):
-            _decode_group(by, (n * ng + g) * gbytes, layout, bits, G, q)
+            _decode_group(by, n * ng + g, gbytes, layout, bits, G, q)
             s = scale[n, g]
             z = zero[n, g]
             mn = minimum[n, g]
@@ -469,7 +633,7 @@ def _decode_codes_f32(by, layout, bits, G, gbytes, n0, n1, ng, out):
     for r in nb.prange(n1 - n0):
         q = np.empty(G, np.int32)
         for g in range(ng):
-            _decode_group(by, ((n0 + r) * ng + g) * gbytes, layout, bits, G, q)
+            _decode_group(by, (n0 + r) * ng + g, gbytes, layout, bits, G, q)
             for i in range(G):
                 out[r, g * G + i] = q[i]
 
@@ -510,7 +674,7 @@ def _dequant_rows(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, ro
         n = rows[r]
         q = np.empty(G, np.int32)
         for g in range(ng):
-            _decode_group(by, (n * ng + g) * gbytes, layout, bits, G, q)
+            _decode_group(by, n * ng + g, gbytes, layout, bits, G, q)
             s = scale[n, g]
             for i in range(G):
                 kk = g * G + i
@@ -519,6 +683,44 @@ def _dequant_rows(by, layout, bits, G, gbytes, scale, zero, minimum, has_min, ro
                         out[r, kk] = s * np.float32(q[i]) + minimum[n, g]
                     else:
                         out[r, kk] = s * np.float32(q[i] - zero[n, g])
+
+
+@nb.njit(parallel=True, cache=True)
+def _nf4_dequant_rows(by, absmax, table, rows, out):
+    """``out[r, i] = fp32(table[code] * absmax)``: bitsandbytes' dequantize_4bit, one product."""
+    ng = absmax.shape[1]
+    for r in nb.prange(rows.shape[0]):
+        n = rows[r]
+        for g in range(ng):
+            s = absmax[n, g]
+            base = (n * ng + g) * 32
+            for j in range(32):
+                v = by[base + j]
+                out[r, g * 64 + 2 * j] = table[v >> 4] * s
+                out[r, g * 64 + 2 * j + 1] = table[v & 15] * s
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _nf4_qmm_float(by, absmax, table, X, out):
+    """``y = x @ W.T`` for NF4 words: per block ``absmax * sum(table[q] * x)`` (reassociated)."""
+    M = X.shape[0]
+    N, ng = absmax.shape
+    for n in nb.prange(N):
+        acc = np.zeros(M, np.float32)
+        for g in range(ng):
+            base = (n * ng + g) * 32
+            s = absmax[n, g]
+            for m in range(M):
+                t = np.float32(0.0)
+                for j in range(32):
+                    v = by[base + j]
+                    t += (
+                        table[v >> 4] * X[m, g * 64 + 2 * j]
+                        + table[v & 15] * X[m, g * 64 + 2 * j + 1]
+                    )
+                acc[m] += s * t
+        for m in range(M):
+            out[m, n] = acc[m]
 
 
 @nb.njit(cache=True)
@@ -634,22 +836,43 @@ def quantize_act(x: np.ndarray, k: int, group_size: int, act_bits: int = 8):
     return a, s, _pow2_f32(e)
 
 
+NF4_INT_REFUSAL = (
+    "nf4 has no integer path (its 16 codebook values are not integers); use path='float'"
+)
+
+
+def _check_int(qt: QTensor) -> None:
+    if qt.kind == "nf4":
+        raise ValueError(NF4_INT_REFUSAL)
+
+
 def qmatmul(
     qt: QTensor, x: np.ndarray, path: str = "float", act_bits: int = 8, act=None
 ) -> np.ndarray:
     """``y = x @ W.T`` for ``x[K]`` or ``x[M, K]`` with W read from the ROM words of ``qt``
     (``act_bits``: activation mantissa width of the int path; ``act``: a precomputed
-    :func:`quantize_act` result for ``x``)."""
+    :func:`quantize_act` result for ``x``). NF4 has the float path only."""
     x2, vec = _as_2d_padded(x, qt.k, qt.k_padded)
     out = np.empty((x2.shape[0], qt.n), np.float32)
     set_threads_for(x2.shape[0] * qt.n * qt.k_padded)
+    if qt.kind == "nf4":
+        if path == "int":
+            raise ValueError(NF4_INT_REFUSAL)
+        if path != "float":
+            raise ValueError(f"path must be 'float' or 'int', got {path!r}")
+        if x2.shape[0] >= BLAS_MIN_M:
+            with _single_thread_blas():
+                out = x2 @ dequantize(qt).T
+        else:
+            _nf4_qmm_float(qt.code_bytes(), _meta_args(qt)[5], NF4_TABLE, x2, out)
+        return out[0] if vec else out
     if x2.shape[0] >= BLAS_MIN_M and path in ("float", "int"):
         if path == "int" and act is None:
             act = quantize_act(x2, qt.k_padded, qt.group_size, act_bits)
         out = _qmm_blas(qt, x2, path, act)
         return out[0] if vec else out
     if path == "float":
-        fast = x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8
+        fast = x2.shape[0] == 1 and qt.bits == 4 and qt.layout in (LAYOUT_Q4, LAYOUT_STREAM)
         if x2.shape[0] == 1 and qt.layout == LAYOUT_Q8:
             _qmv_q8_float(qt.code_bytes().view(np.int8), 32, _meta_args(qt)[5], x2[0], out[0])
         elif fast:
@@ -669,12 +892,18 @@ def qmatmul(
         else:
             _qmm_float(*_meta_args(qt), x2, out)
     elif path == "int":
+        _check_int(qt)
         a, s, p2 = (
             act if act is not None else quantize_act(x2, qt.k_padded, qt.group_size, act_bits)
         )
         if x2.shape[0] == 1 and qt.layout == LAYOUT_Q8 and act_bits <= 8:
             _qmv_q8_int(qt.code_bytes().view(np.int8), 32, _meta_args(qt)[5], a[0], p2[0], out[0])
-        elif x2.shape[0] == 1 and qt.bits == 4 and qt.layout != LAYOUT_Q8 and act_bits <= 8:
+        elif (
+            x2.shape[0] == 1
+            and qt.bits == 4
+            and qt.layout in (LAYOUT_Q4, LAYOUT_STREAM)
+            and act_bits <= 8
+        ):
             if qt.layout == LAYOUT_Q4:
                 _qmv_q4_int(qt.code_bytes(), 16, *_meta_args(qt)[5:9], a[0], s[0], p2[0], out[0])
             else:
@@ -795,8 +1024,34 @@ def dequantize(qt: QTensor, rows: np.ndarray | None = None) -> np.ndarray:
         raise IndexError(f"row index out of range [0, {qt.n})")
     out = np.empty((r.size, qt.k), np.float32)
     set_threads_for(r.size * qt.k)
+    if qt.kind == "nf4":
+        _nf4_dequant_rows(qt.code_bytes(), _meta_args(qt)[5], NF4_TABLE, r, out)
+        return out
     _dequant_rows(*_meta_args(qt), r, out)
     return out
+
+
+def nf4_quantize_bounds() -> np.ndarray:
+    """bitsandbytes' NF4 decision thresholds: fp32 midpoints of neighbouring table entries."""
+    return ((NF4_TABLE[:-1] + NF4_TABLE[1:]) / np.float32(2)).astype(np.float32)
+
+
+def quantize_nf4(w: np.ndarray, blocksize: int = NF4_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """bitsandbytes' ``quantize_4bit(quant_type="nf4")`` algorithm in numpy (its CPU / default
+    backend): per block of ``blocksize`` consecutive elements of the flattened tensor,
+    ``absmax = max|w|`` (fp32), ``x = clip(w * fp32(1 / max(absmax, 1e-38)), -1, 1)``, code =
+    the number of thresholds below ``x`` (``torch.bucketize``, right=False), two codes a byte,
+    the even element in the high nibble. Returns (packed uint8 ``[size/2]``, absmax fp32).
+    Whole blocks only (``size % blocksize == 0``)."""
+    flat = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+    if flat.size % blocksize:
+        raise ValueError(f"nf4 needs whole blocks of {blocksize} (size {flat.size})")
+    blk = flat.reshape(-1, blocksize)
+    absmax = np.abs(blk).max(axis=1).astype(np.float32)
+    inv = (np.float32(1.0) / np.maximum(absmax, np.float32(1e-38))).astype(np.float32)
+    x = np.clip(blk * inv[:, None], np.float32(-1), np.float32(1)).reshape(-1)
+    q = np.searchsorted(nf4_quantize_bounds(), x, side="left").astype(np.uint8)
+    return ((q[0::2] << np.uint8(4)) | q[1::2]).astype(np.uint8), absmax
 
 
 # ------------------------------------------------------------------------------------------------
@@ -807,6 +1062,7 @@ def int_group_dots(qt: QTensor, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pure-integer cell outputs. ``a``: int8 mantissas ``[M, Kp]`` (from
     :func:`quantize_act_bfp`). Returns ``D`` int32 ``[M, N, ng]`` (``sum_i q_i*m_i``; Q8_0 codes
     signed) and ``S`` int32 ``[M, ng]`` (``sum_i m_i``)."""
+    _check_int(qt)
     a = np.asarray(a)
     M = a.shape[0]
     G, ng = qt.group_size, qt.n_groups
@@ -825,7 +1081,11 @@ def combine_int(qt: QTensor, D: np.ndarray, S: np.ndarray, e: np.ndarray) -> np.
     affine/symmetric/Q4_0/Q8_0: ``p = fp32(D - z*S) * s``; Q4_1: ``p = fp32(D)*d + fp32(S)*m``
     (two products, one sum, each rounded); then ``p *= 2**e`` (exact) and
     ``y = (((0 + p_0) + p_1) + ...)`` over groups in increasing K order.
+
+    Q5_0, Q3_K and Q6_K follow the z-point rule (z = 16, 4, 32; K-quants' ``s = d*sc`` per
+    sub-block); Q5_1, Q2_K, Q4_K, Q5_K the minimum rule (``m`` = Q5_1's m or ``-dmin*mn``).
     """
+    _check_int(qt)
     M, N, ng = D.shape
     s = qt.scale.astype(np.float32)[None]
     if qt.has_min:

@@ -10,8 +10,12 @@ Kinds
 - ``symmetric`` w = s * (q - 2**(bits-1)); no stored zero.
 - ``nf4``       4-bit index into the NormalFloat-4 table times an absmax scale
                 (QLoRA, Dettmers et al. 2023; bitsandbytes uses blocks of 64).
-- ``q4_0``, ``q4_1``, ``q8_0``  the GGUF block layouts of llama.cpp (32 weights per block;
-                fp16 d; q4_1 adds an fp16 minimum m: w = d*q + m).
+- ``q4_0``, ``q4_1``, ``q8_0``, ``q5_0``, ``q5_1``  the GGUF block layouts of llama.cpp (32
+                weights per block; fp16 d; q4_1/q5_1 add an fp16 minimum m: w = d*q + m).
+- ``q2_k``, ``q3_k``, ``q4_k``, ``q5_k``, ``q6_k``  llama.cpp's K-quants: 256-weight
+                super-blocks (the group) with fp16 d (and dmin for q2_k/q4_k/q5_k) and packed
+                sub-block scales/mins (:attr:`WeightFormat.sub_scale_bits`, ROM rule 9):
+                2.625, 3.4375, 4.5, 5.5, 6.5625 bits/weight.
 - ``ternary``   BitNet b1.58 (Ma et al. 2024): w = s * t, t in {-1, 0, +1}, one absmean fp16
                 scale ``s`` per *tensor* (``scale_bits`` is its width), so no per-group metadata;
                 the per-tensor scale sits in the cell's dequantizer register, not in ROM words,
@@ -33,7 +37,7 @@ is given). Ideal bits per weight ``(1-f) * (b1 + M1/G) + f * (b2 + M2/G)``. Whic
 wide and how the two classes are dealt to cells: :mod:`romsim.mapping`.
 
 Named formats (:func:`named_quant`): ``wB``, ``wBgG``, ``wBgGs``, ``wBattn-wBmlp``, ``nf4``,
-``q4_0``, ``q4_1``, ``q8_0``, ``ternary[gG]``, ``ternary-b3[gG]``, and a mix suffix on a plain
+``q4_0``, ``q4_1``, ``q8_0``, ``q5_0``, ``q5_1``, ``q2_k`` ... ``q6_k``, ``ternary[gG]``, ``ternary-b3[gG]``, and a mix suffix on a plain
 affine/symmetric name: ``<plain>+wBxF`` (``w3g128+w6x0.25``: 25 % of the groups at 6 bits;
 ``F`` a decimal fraction strictly between 0 and 1, the wide groups share ``gG`` and ``s``).
 
@@ -53,13 +57,45 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from romsim.errors import RomsimInputError
 from romsim.modelspec import ATTN_KINDS, LINEAR_KINDS, MLP_KINDS, ModelSpec
 
-QuantKind = Literal["affine", "symmetric", "nf4", "q4_0", "q4_1", "q8_0", "ternary"]
+QuantKind = Literal[
+    "affine",
+    "symmetric",
+    "nf4",
+    "q4_0",
+    "q4_1",
+    "q8_0",
+    "q5_0",
+    "q5_1",
+    "q2_k",
+    "q3_k",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+    "ternary",
+]
 CodeBits = Literal[2, 3, 4, 5, 6, 8]
 FORMAT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # code widths the hardware model costs
 Packing = Literal["bits", "base3"]
 TRITS_PER_BYTE = 5  # 3**5 = 243 <= 256
 TERNARY_GROUP = {"bits": 128, "base3": 160}  # default packing units (see the module doc)
-_GGUF_FIXED = {"q4_0": (4, 32, 16, 0), "q4_1": (4, 32, 16, 16), "q8_0": (8, 32, 16, 0)}
+# GGUF kinds: (bits, group_size, scale_bits, zero_bits). K-quants: group = the 256-weight
+# super-block, scale = fp16 d, zero = fp16 dmin (Q2_K, Q4_K, Q5_K); their packed sub-block
+# scales/mins are _GGUF_SUB_SCALE_BITS more metadata bits per super-block (ROM rule 9).
+_GGUF_FIXED = {
+    "q4_0": (4, 32, 16, 0),
+    "q4_1": (4, 32, 16, 16),
+    "q8_0": (8, 32, 16, 0),
+    "q5_0": (5, 32, 16, 0),
+    "q5_1": (5, 32, 16, 16),
+    "q2_k": (2, 256, 16, 16),
+    "q3_k": (3, 256, 16, 0),
+    "q4_k": (4, 256, 16, 16),
+    "q5_k": (5, 256, 16, 16),
+    "q6_k": (6, 256, 16, 0),
+}
+# Q2_K: 16 x (4-bit scale, 4-bit min); Q3_K: 16 x 6-bit signed scales; Q4_K/Q5_K: 8 x (6-bit
+# scale, 6-bit min); Q6_K: 16 x int8 scales.
+_GGUF_SUB_SCALE_BITS = {"q2_k": 128, "q3_k": 96, "q4_k": 96, "q5_k": 96, "q6_k": 128}
 _MIXABLE = ("affine", "symmetric")
 
 
@@ -161,12 +197,17 @@ class WeightFormat(BaseModel):
 
     # ---- bits ------------------------------------------------------------------------------------
     @property
+    def sub_scale_bits(self) -> int:
+        """Packed sub-block scale/min bits per group (K-quant super-blocks), else 0."""
+        return _GGUF_SUB_SCALE_BITS.get(self.kind, 0)
+
+    @property
     def meta_bits(self) -> int:
-        """Per-group metadata bits (scale + zero/min) of the base class; 0 for ternary (its one
-        scale is per tensor: :attr:`tensor_meta_bits`)."""
+        """Per-group metadata bits (scale + zero/min, + sub-block scales for K-quants) of the
+        base class; 0 for ternary (its one scale is per tensor: :attr:`tensor_meta_bits`)."""
         if self.kind == "ternary":
             return 0
-        return self.scale_bits + int(self.zero_bits or 0)
+        return self.scale_bits + int(self.zero_bits or 0) + self.sub_scale_bits
 
     @property
     def tensor_meta_bits(self) -> int:
@@ -258,7 +299,7 @@ class QuantSpec(BaseModel):
 _NAMED_FORMS = (
     "wB (e.g. w4, B in 2 3 4 5 6 8), wBgG (w4g128), wBgGs (symmetric), wBattn-wBmlp "
     "(w4attn-w2mlp, each part may carry gG), a mix wBgG+wBxF (w3g128+w6x0.25), nf4, q4_0, q4_1, "
-    "q8_0, ternary, ternary-b3 (each may end in gG)"
+    "q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, ternary, ternary-b3 (each may end in gG)"
 )
 _RE_PLAIN = re.compile(r"w(\d+)(?:g(\d+))?(s?)(?:\+w(\d+)x(\d*\.\d+))?")
 _RE_SPLIT = re.compile(r"w(\d+)(?:g(\d+))?(s?)attn-w(\d+)(?:g(\d+))?(s?)mlp")

@@ -71,14 +71,15 @@ def _write_gguf(path, tensors, arch="llama"):
 
 
 def test_unsupported_quant_type_is_one_clear_error(tmp_path):
-    p = tmp_path / "q6k.gguf"
-    # one Q6_K block: 256 weights in 210 bytes
-    arr = np.zeros((1, 210), np.uint8)
-    _write_gguf(p, [("blk.0.attn_q.weight", arr, gguf.GGMLQuantizationType.Q6_K)])
+    p = tmp_path / "iq4nl.gguf"
+    # one IQ4_NL block: 32 weights in 18 bytes (Q6_K and the other K-quants load since
+    # tests/test_kquant.py)
+    arr = np.zeros((1, 18), np.uint8)
+    _write_gguf(p, [("blk.0.attn_q.weight", arr, gguf.GGMLQuantizationType.IQ4_NL)])
     with pytest.raises(GGUFError) as ei:
         read_gguf(p)
     msg = str(ei.value)
-    assert "\n" not in msg and "blk.0.attn_q.weight" in msg and "Q6_K" in msg
+    assert "\n" not in msg and "blk.0.attn_q.weight" in msg and "IQ4_NL" in msg
     assert isinstance(ei.value, RomsimInputError)
 
 

@@ -98,12 +98,14 @@ def cell_compute_gates(chip: ChipConfig, style: str | None = None) -> float:
     scaled by MAC width; else from the literature gate counts in tech.py."""
     regs = (chip.cell.weight_reuse_tokens - 1) * chip.rom.word_bits * T.GATES_PER_FLOP
     entry, scale = _calibration_entry(chip, style or chip.rom.style)
-    if entry is not None:
-        return float(entry["nand2_eq"]) * scale + regs
     fmt = chip.quant.default
     bits = max(fmt.bits, fmt.mix.bits) if fmt.mix is not None else fmt.bits
     macs = max(1, chip.cell.mac_weight_bits_per_cycle // bits)
-    return macs * T.GATES_INT_MAC_4x8 * (chip.cell.act_bits / 8) + T.GATES_DEQUANT + regs
+    # NF4: every MAC lane decodes its code through the 16-entry codebook
+    codebook = macs * T.GATES_CODEBOOK16_DECODE if fmt.kind == "nf4" else 0
+    if entry is not None:
+        return float(entry["nand2_eq"]) * scale + regs + codebook
+    return macs * T.GATES_INT_MAC_4x8 * (chip.cell.act_bits / 8) + T.GATES_DEQUANT + regs + codebook
 
 
 def cell_compute_flops(chip: ChipConfig, style: str | None = None) -> float:

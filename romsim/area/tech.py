@@ -33,6 +33,9 @@ LOGIC_UTILISATION = 0.70  # (L) placement density of standard-cell blocks (Weste
 # own count comes from Yosys synthesis, romsim/area/synth_calibration.json):
 GATES_INT_MAC_4x8 = 260  # 4x8 multiplier (~32 FA) + 32-bit accumulate share
 GATES_DEQUANT = 2500  # fp16 scale multiply + zero correction per cell
+# (C) NF4's 16-entry codebook decode per MAC lane: a 16:1 mux of an 8-bit fixed-point entry
+# (15 MUX2 x 8 bits ~ 280 NAND2) plus the wider 8x8 multiplier it feeds (+ one 4x8's 260)
+GATES_CODEBOOK16_DECODE = 540
 GATES_ADDER32 = 224  # 32-bit adder (ripple/carry-select mix)
 GATES_FP16_MAC = 1100  # fp16/fp8 multiply-add in the H-Unit and vector lanes
 GATES_SFU = 9000  # exp / rsqrt / sigmoid lane (piecewise polynomial)

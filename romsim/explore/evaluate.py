@@ -277,6 +277,7 @@ class _Group:
     w_bits: float  # quant.default.code_bits_per_weight
     default_bits: int
     default_group: int
+    codebook: bool  # quant.default is NF4 (romsim.area.model: codebook decode per MAC lane)
     rows_cache: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
@@ -320,6 +321,7 @@ def _make_group(base: ChipConfig, model: ModelSpec, q: QuantSpec, style: str, nm
         w_bits=d.code_bits_per_weight,
         default_bits=max(d.bits, d.mix.bits) if d.mix is not None else d.bits,
         default_group=d.group_size,
+        codebook=d.kind == "nf4",
     )
 
 
@@ -740,6 +742,11 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
             + regs_bits * T.GATES_PER_FLOP
         )
         flops = gates / 30 + regs_bits
+    if g.codebook:  # added before the flops in the scalar model's fallback (gates / 30)
+        cb = np.maximum(1, mwb // g.default_bits) * T.GATES_CODEBOOK16_DECODE
+        gates = gates + cb
+        if g.cal_entry is None or "flops" not in g.cal_entry:
+            flops = flops + cb / 30
     # cell_area_mm2 / rom_array_mm2
     bits_cell = v("rom.macro_rows") * W
     if style == "logic":

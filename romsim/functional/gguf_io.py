@@ -14,9 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from romsim.errors import RomsimInputError
+from romsim.kernels import bitpack as bp
 
-SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
-_BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34), "F32": (1, 4), "F16": (1, 2)}
+SUPPORTED_TYPES = (
+    "F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+)  # fmt: skip
+_BLOCK = {"F32": (1, 4), "F16": (1, 2)} | {
+    k.upper(): (bp.GGUF_BLOCK_WEIGHTS[k], bp.GGUF_BLOCK_BYTES[k]) for k in bp.GGUF_KINDS
+}
 _GGUF_MAGIC = b"GGUF"
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from romsim.errors import RomsimInputError
-from romsim.kernels import bitpack as bp
 from romsim.kernels.qmatmul import KINDS, QTensor
 from romsim.rom.layout import KERNEL_WORD_BITS, PACKABLE_WORD_BITS, RomLayout
 
@@ -72,7 +71,8 @@ class RomImage:
     def summary(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for qt in self.matrices.values():
-            key = qt.kind if qt.kind in bp.GGUF_KINDS else f"w{qt.bits}g{qt.group_size}"
+            plain = qt.kind in ("affine", "symmetric")
+            key = f"w{qt.bits}g{qt.group_size}" if plain else qt.kind
             d = out.setdefault(key, {"matrices": 0, "weights": 0, "code_words": 0, "meta_words": 0})
             d["matrices"] += 1
             d["weights"] += qt.n * qt.k
@@ -183,7 +183,7 @@ class RomImage:
                 )
             except ValueError as err:
                 raise RomImageError(f"entry {nm}", e.get("n_words"), str(err), source=src) from None
-            count = qt.n * qt.n_groups
+            count = qt.rom_groups
             expect = int(qt.rom_layout.code_words(count))
             if nw != expect:
                 raise RomImageError(f"entry {nm} n_words", nw, f"expected {expect}", source=src)
@@ -195,11 +195,18 @@ class RomImage:
 # Per-fused-cell images (romsim.mapping's assignment)
 
 
-def _meta_fields(qt: QTensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """(fp16 scales, zero fields or None) of every group, row-major."""
-    lay = qt.rom_layout
-    s, z = lay.unpack_meta(qt.meta, qt.n * qt.n_groups)
-    return s, (z if lay.zero_bits else None)
+def _unpack_fields(lay: RomLayout, words: np.ndarray, count: int) -> np.ndarray:
+    """Every group's metadata field, row-major: uint64 values, or ``uint8[count, M/8]`` bytes
+    for fields wider than 64 bits (K-quants, :mod:`romsim.rom.layout` rule 9)."""
+    if lay.meta_bits > 64:
+        return lay.unpack_field_bytes(words, count)
+    return lay.unpack_fields(words, count)
+
+
+def _pack_fields(lay: RomLayout, fields: np.ndarray) -> np.ndarray:
+    if lay.meta_bits > 64:
+        return lay.pack_field_bytes(fields)
+    return lay.pack_fields(fields)
 
 
 def chip_layout(qt: QTensor, word_bits: int) -> RomLayout:
@@ -224,8 +231,8 @@ def run_words(qt: QTensor, start: int, stop: int, word_bits: int = KERNEL_WORD_B
     code = dst.repack_codes(qt.words[start * wpg : stop * wpg], src)
     if stop <= start:
         return code
-    s, z = _meta_fields(qt)
-    meta = dst.pack_meta(s[start:stop], None if z is None else z[start:stop])
+    f = _unpack_fields(src, qt.meta, qt.rom_groups)
+    meta = _pack_fields(dst, f[start:stop])
     return np.concatenate([code, meta]).astype(np.uint64)
 
 
@@ -249,11 +256,19 @@ def _check_format(qt: QTensor, mt) -> None:
             f"{qt.kind}/{qt.bits} bit",
             f"the mapping expects {mt.fmt.kind}/{mt.fmt.bits} bit",
         )
-    if (qt.n, qt.k, qt.group_size) != (mt.rows, mt.cols, mt.fmt.group_size):
+    if (qt.n, qt.k, qt.rom_group_size) != (mt.rows, mt.cols, mt.fmt.group_size):
         raise RomImageError(
             f"matrix {mt.name}",
-            (qt.n, qt.k, qt.group_size),
+            (qt.n, qt.k, qt.rom_group_size),
             f"does not match the mapping ({mt.rows}, {mt.cols}, {mt.fmt.group_size})",
+        )
+    want = RomLayout.for_format(mt.fmt).meta_bits
+    if qt.rom_layout.meta_bits != want:
+        raise RomImageError(
+            f"matrix {mt.name} metadata",
+            f"{qt.rom_layout.meta_bits} bits per group",
+            f"the mapping's format has {want} (nf4 images store bitsandbytes' fp32 absmax: "
+            "give the format scale_bits = 32)",
         )
 
 
@@ -272,16 +287,12 @@ def image_from_cells(cells: list[np.ndarray], mapping, template: RomImage) -> Ro
             meta = words[pos + ncode : pos + ncode + nmeta]
             pos += ncode + nmeta
             code = t.rom_layout.repack_codes(code, src)
-            s, z = src.unpack_meta(meta, n)
-            pieces[mt.name].append((start, code, s, z))
+            pieces[mt.name].append((start, code, _unpack_fields(src, meta, n)))
     out = RomImage(name=template.name)
     for mt in mapping.matrices:
         t = template[mt.name]
         runs = sorted(pieces[mt.name], key=lambda r: r[0])
         code = np.concatenate([r[1] for r in runs])
-        s = np.concatenate([r[2] for r in runs])
-        z = np.concatenate([r[3] for r in runs])
-        lay = t.rom_layout
-        meta = lay.pack_meta(s, z if lay.zero_bits else None)
+        meta = _pack_fields(t.rom_layout, np.concatenate([r[2] for r in runs]))
         out.add(mt.name, QTensor.from_words(t.kind, t.bits, t.group_size, t.n, t.k, code, meta))
     return out

@@ -25,7 +25,7 @@ Rules (``b`` = code bits, ``G`` = group size, ``W`` = word bits, ``M`` = metadat
    ``G = 160`` (32 bytes) fills 64-bit words exactly (1.6 bits/weight) while ``G = 128`` (26
    bytes -> 4 words) saves nothing over 2-bit codes. 2-bit ternary codes (``packing = "bits"``)
    follow rule 2 with ``b = 2``. Counting only: the numpy packers refuse base-3.
-4. Metadata field. Per group one ``M = scale_bits + zero_bits`` bit field: the scale's bit
+4. Metadata field. Per group one ``M = scale_bits + zero_bits (+ sub_scale_bits, rule 9)`` bit field: the scale's bit
    pattern (fp16 by default) in bits ``[0, scale_bits)``, then the zero point (unsigned,
    ``zero_bits`` wide; 0 bits for symmetric and Q4_0/Q8_0; Q4_1 stores its fp16 minimum there)
    in ``[scale_bits, M)``.
@@ -52,11 +52,29 @@ Rules (``b`` = code bits, ``G`` = group size, ``W`` = word bits, ``M`` = metadat
    :attr:`romsim.mapping.MatrixTiles.total_rom_rows`). For ROMA (3B, w4g128, 64-bit words) the
    padded count is 0.9 % more words and would raise decode power from 32.9 to 33.2 W; the
    energy model was calibrated on the dense count, so it stays.
-7. GGUF blocks (Q4_0, Q4_1, Q8_0: ``G = 32``) keep llama.cpp's bytes: the block's ``qs`` bytes
-   are the group's stream (so 2 or 4 64-bit words: ``b = 4`` or ``8``), in llama.cpp's element
-   order (Q4_x: byte j holds element j in its low nibble and element j+16 in its high nibble;
-   Q8_0: byte j is element j as int8); the field is ``d`` (fp16) for Q4_0/Q8_0 and ``d`` then
-   ``m`` (``zero_bits = 16``) for Q4_1 (:mod:`romsim.kernels.bitpack` converts).
+7. GGUF blocks keep llama.cpp's bytes. A block's bytes split into *code* bytes and *metadata*
+   bytes, each kept in the block's own byte order: the code bytes (``qs``, plus ``qh``/``hmask``
+   high-bit planes where the type has them) are the group's stream, the metadata bytes (``d``,
+   ``m``/``dmin``, packed sub-block ``scales``) are the group's field (byte j = field bits
+   ``[8j, 8j+8)``). Elements keep llama.cpp's order inside a block, which is not rule 2's
+   (:mod:`romsim.kernels.bitpack` converts; :data:`romsim.kernels.bitpack.GGUF_SEGMENTS` lists the
+   byte ranges). 32-weight blocks (``G = 32``): Q4_0/Q4_1 (``qs``: byte j holds element j in its
+   low nibble, element j+16 in its high nibble; 2 words), Q8_0 (byte j = element j as int8; 4
+   words), Q5_0/Q5_1 (``qh`` 4 bytes then ``qs`` 16: 160 bits, 3 words, the last half padding);
+   the field is ``d`` (fp16), then ``m`` for Q4_1/Q5_1 (``zero_bits = 16``).
+7b. NF4 (bitsandbytes, ``G = 64``) keeps bitsandbytes' packed bytes: byte j holds element 2j in
+   its *high* nibble and element 2j+1 in its low nibble (a 16-entry codebook index each; 4
+   words); the field is the block's fp32 absmax bit pattern (``scale_bits = 32``).
+9. K-quant super-blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: ``G = 256``) follow rule 7: the stream is
+   the block's code bytes (Q2_K ``qs`` 64 B; Q3_K ``hmask`` 32 B + ``qs`` 64 B; Q4_K ``qs``
+   128 B; Q5_K ``qh`` 32 B + ``qs`` 128 B; Q6_K ``ql`` 128 B + ``qh`` 64 B: exactly ``256*b``
+   bits, so 8/12/16/20/24 words), the field its metadata bytes in block order (Q2_K ``scales``
+   16 B + ``d`` + ``dmin``; Q3_K ``scales`` 12 B + ``d``; Q4_K/Q5_K ``d`` + ``dmin`` +
+   ``scales`` 12 B; Q6_K ``scales`` 16 B + ``d``). The field is ``M = scale_bits + zero_bits +
+   sub_scale_bits`` wide (fp16 ``d``, fp16 ``dmin`` when there is one, the packed sub-block
+   scales/mins): 160, 112, 128, 128, 144 bits, wider than a 64-bit word, so by rule 5 every
+   field takes ``ceil(M / W)`` words of its own (3, 2, 2, 2, 3 at ``W = 64``), low word first;
+   :meth:`RomLayout.pack_field_bytes` packs such byte fields.
 
 8. Mixed widths (a :class:`romsim.quant.WeightFormat` with ``mix``): the matrix's groups form two
    classes, each a layout of its own (:meth:`RomLayout.for_format` of ``base_format`` and
@@ -113,6 +131,7 @@ class RomLayout:
     scale_bits: int = 16
     word_bits: int = KERNEL_WORD_BITS
     packing: str = "bits"  # "bits" (rule 2) or "base3" (rule 3b, 2-bit ternary codes)
+    sub_scale_bits: int = 0  # rule 9: packed sub-block scales/mins of a K-quant super-block
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= MAX_CODE_BITS:
@@ -130,6 +149,8 @@ class RomLayout:
             raise ValueError(f"base-3 packing holds ternary (2-bit) codes (got bits={self.bits})")
         if self.word_bits < 1:
             raise ValueError(f"word_bits must be >= 1 (got {self.word_bits})")
+        if self.sub_scale_bits < 0 or self.sub_scale_bits % 8:
+            raise ValueError(f"sub_scale_bits must be whole bytes >= 0 (got {self.sub_scale_bits})")
 
     @classmethod
     def for_format(cls, fmt: _FormatLike, word_bits: int = KERNEL_WORD_BITS) -> RomLayout:
@@ -144,6 +165,7 @@ class RomLayout:
             scale_bits=0 if ternary else fmt.scale_bits,
             word_bits=word_bits,
             packing=_packing(fmt),
+            sub_scale_bits=int(getattr(fmt, "sub_scale_bits", 0) or 0),
         )
 
     # ---- counting (any word width) -------------------------------------------------------------
@@ -167,8 +189,8 @@ class RomLayout:
 
     @property
     def meta_bits(self) -> int:
-        """Rule 4: ``scale_bits + zero_bits``."""
-        return self.scale_bits + self.zero_bits
+        """Rule 4: ``scale_bits + zero_bits`` (+ ``sub_scale_bits``, rule 9)."""
+        return self.scale_bits + self.zero_bits + self.sub_scale_bits
 
     @property
     def metas_per_word(self) -> int:
@@ -391,10 +413,54 @@ class RomLayout:
             zero = np.zeros(count, np.uint32)
         return scale, zero
 
+    def pack_field_bytes(self, fields: np.ndarray) -> np.ndarray:
+        """Rule 5 for whole-byte fields of any width (rule 9's K-quant fields are wider than a
+        uint64): ``uint8[count, M/8]`` (byte j = field bits ``[8j, 8j+8)``) -> metadata words."""
+        self._check_packable()
+        if self.meta_bits % 8:
+            raise ValueError(f"field of {self.meta_bits} bits is not whole bytes")
+        fb = np.ascontiguousarray(fields, dtype=np.uint8)
+        nb = self.meta_bits // 8
+        fb = fb.reshape(-1, nb)
+        if self.meta_bits <= 64:
+            v = np.zeros(fb.shape[0], np.uint64)
+            for j in range(nb):
+                v |= fb[:, j].astype(np.uint64) << np.uint64(8 * j)
+            return self.pack_fields(v)
+        wb = self.word_bits // 8
+        out = np.zeros((fb.shape[0], self.words_per_meta * wb), np.uint8)
+        out[:, :nb] = fb
+        return self._words_from_bytes(out)
+
+    def unpack_field_bytes(self, words: np.ndarray, count: int) -> np.ndarray:
+        """Inverse of :meth:`pack_field_bytes`: ``uint8[count, M/8]``."""
+        self._check_packable()
+        if self.meta_bits % 8:
+            raise ValueError(f"field of {self.meta_bits} bits is not whole bytes")
+        nb = self.meta_bits // 8
+        if self.meta_bits <= 64:
+            f = self.unpack_fields(words, count)
+            return np.stack(
+                [((f >> np.uint64(8 * j)) & np.uint64(0xFF)).astype(np.uint8) for j in range(nb)],
+                axis=1,
+            ).reshape(count, nb)
+        w = np.asarray(words, dtype=np.uint64).reshape(-1)
+        want = int(self.meta_words(count))
+        if w.size != want:
+            raise ValueError(f"expected {want} metadata words for {count} groups, got {w.size}")
+        by = self._bytes_from_words(w).reshape(count, -1)
+        return np.ascontiguousarray(by[:, :nb])
+
     # ---- changing the word width ---------------------------------------------------------------
     def with_word_bits(self, word_bits: int) -> RomLayout:
         return RomLayout(
-            self.bits, self.group_size, self.zero_bits, self.scale_bits, word_bits, self.packing
+            self.bits,
+            self.group_size,
+            self.zero_bits,
+            self.scale_bits,
+            word_bits,
+            self.packing,
+            self.sub_scale_bits,
         )
 
     def repack_codes(self, words: np.ndarray, src: RomLayout) -> np.ndarray:
@@ -416,15 +482,25 @@ class RomLayout:
     def repack_meta(self, words: np.ndarray, count: int, src: RomLayout) -> np.ndarray:
         """Metadata words of ``count`` groups laid out by ``src`` in this layout."""
         self._check_same_format(src)
+        if self.meta_bits > 64 or src.meta_bits > 64:
+            return self.pack_field_bytes(src.unpack_field_bytes(words, count))
         return self.pack_fields(src.unpack_fields(words, count))
 
     def _check_same_format(self, src: RomLayout) -> None:
-        if (src.bits, src.group_size, src.zero_bits, src.scale_bits, src.packing) != (
+        if (
+            src.bits,
+            src.group_size,
+            src.zero_bits,
+            src.scale_bits,
+            src.packing,
+            src.sub_scale_bits,
+        ) != (
             self.bits,
             self.group_size,
             self.zero_bits,
             self.scale_bits,
             self.packing,
+            self.sub_scale_bits,
         ):
             raise ValueError(f"cannot repack {src} as {self}: formats differ")
 
