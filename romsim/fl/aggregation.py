@@ -87,8 +87,14 @@ def stagg(
     state: STAggState,
     mu: float = 0.5,
     rho: float = 0.5,
+    spatial_counts: tuple[dict[str, np.ndarray], dict[str, int]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int], STAggState]:
-    spatial, counts = layerwise_fedavg(global_arrays, updates)
+    """``spatial_counts``: a robust spatial aggregate (romsim.fl.defenses) to use instead of
+    the layer-wise mean; ``updates`` are then the ones the defense kept (for the coverage)."""
+    if spatial_counts is None:
+        spatial, counts = layerwise_fedavg(global_arrays, updates)
+    else:
+        spatial, counts = spatial_counts
     total_w = sum(u.weight for u in updates) or 1.0
     cover: dict[str, float] = {}
     for u in updates:

@@ -57,18 +57,30 @@ def _client_state(cfg_json: str, partition_id: int):
     key = (cfg_json, partition_id)
     if _CLIENT.get("key") == key:
         return _CLIENT["state"]
+    from romsim.fl.attacks import attacker_ids, auto_target, poison_examples
     from romsim.fl.config import fl_config_from_dict
-    from romsim.fl.data import load_dataset, partition
+    from romsim.fl.data import load_dataset, partition, server_holdout
     from romsim.fl.runner import make_devices
     from romsim.fl.train import load_bundle
 
     cfg = fl_config_from_dict(json.loads(cfg_json))
     bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads)
     ds = load_dataset(cfg.data)
-    parts = partition(ds.train, cfg.n_clients, cfg.data.partition, cfg.data.alpha, cfg.data.seed)
+    pool, _aux = server_holdout(ds.train, cfg.masa_aux_count())
+    parts = partition(pool, cfg.n_clients, cfg.data.partition, cfg.data.alpha, cfg.data.seed)
     device = make_devices(cfg)[partition_id]
-    state = {"cfg": cfg, "bundle": bundle, "examples": [ds.train[i] for i in parts[partition_id]],
-             "device": device}  # fmt: skip
+    examples = [pool[i] for i in parts[partition_id]]
+    state = {"cfg": cfg, "bundle": bundle, "examples": examples, "device": device,
+             "attacker": None, "poisoned": None}  # fmt: skip
+    att = attacker_ids(cfg.attackers, cfg.n_clients, cfg.run.seed).get(partition_id)
+    if att is not None:
+        state["attacker"] = att
+        if att.kind == "backdoor":
+            target = att.target or auto_target(pool)
+            state["poisoned"], _ = poison_examples(
+                examples, att.poison_fraction, att.trigger, target, att.trigger_position,
+                seed=_seed(cfg, 0, partition_id, 3),
+            )  # fmt: skip
     _CLIENT["key"] = key
     _CLIENT["state"] = state
     return state
@@ -161,9 +173,13 @@ def client_train(msg, context):
     glob = _arrays_in(msg.content["global"])
     set_adapter(bundle, glob)
     steps = cfg.train.steps_for(len(st["examples"]))
+    att = st["attacker"]
+    examples = st["examples"]
+    if st["poisoned"] is not None and rnd >= att.from_round:
+        examples = st["poisoned"]  # the backdoor attacker trains on its poisoned data
     t0 = time.perf_counter()
     arrays, stats = local_train(
-        bundle, st["examples"], modules, steps, cfg.train.batch, cfg.train.lr,
+        bundle, examples, modules, steps, cfg.train.batch, cfg.train.lr,
         seed=_seed(cfg, rnd, pid, 0), weight_decay=cfg.train.weight_decay,
         max_grad_norm=cfg.train.max_grad_norm,
     )  # fmt: skip

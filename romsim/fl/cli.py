@@ -16,6 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     r.add_argument("--rounds", type=int, help="override run.rounds")
     r.add_argument("--strategy", help="override strategy.name")
+    r.add_argument("--defense", help="override strategy.defense (docs/robust.md)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_fl_run)
     return fl
@@ -28,16 +29,20 @@ def cmd_fl_run(args: argparse.Namespace) -> int:
     from romsim.fl.runner import run_fl
 
     cfg = load_fl_config(args.config) if args.config else FLConfig()
-    if args.rounds is not None or args.strategy is not None:
+    defense = getattr(args, "defense", None)
+    if args.rounds is not None or args.strategy is not None or defense is not None:
         d = cfg.to_dict()
         if args.rounds is not None:
             d["run"]["rounds"] = args.rounds
         if args.strategy is not None:
             d["strategy"]["name"] = args.strategy
+        if defense is not None:
+            d["strategy"]["defense"] = defense
         try:
             cfg = fl_config_from_dict(d, source="command line")
         except RomsimInputError as e:  # name the flag the user typed
-            flag = {"run.rounds": "--rounds", "strategy.name": "--strategy"}.get(e.field)
+            flag = {"run.rounds": "--rounds", "strategy.name": "--strategy",
+                    "strategy.defense": "--defense"}.get(e.field)  # fmt: skip
             if flag is None:
                 raise
             raise RomsimInputError(flag, e.value, e.rule) from None
@@ -51,5 +56,8 @@ def cmd_fl_run(args: argparse.Namespace) -> int:
         "base_accuracy": first["accuracy"], "accuracy": last["accuracy"],
         "base_eval_loss": first["eval_loss"], "eval_loss": last["eval_loss"],
         "sim_time_s": last["sim_time_s"], "energy_j": last["energy_j"],
+        "backdoor_success": last.get("backdoor_success"),
+        "detect_precision": last.get("detect_precision"),
+        "detect_recall": last.get("detect_recall"),
     }))  # fmt: skip
     return 0

@@ -112,6 +112,30 @@ class StrategySection(_Strict):
     stagg_mu: float = Field(0.5, ge=0, le=1)
     stagg_rho: float = Field(0.5, ge=0, le=1)
     aggregation: Literal["auto", "layerwise", "stagg"] = "auto"
+    # robust aggregation (docs/robust.md); the defaults are the official codes'
+    defense: Literal["none", "lasa", "alignins", "masa", "median", "trimmed", "krum",
+                     "multikrum", "bulyan"] = "none"  # fmt: skip
+    clip_scope: Literal["auto", "model", "key"] = "auto"
+    min_holders: int = Field(3, ge=1, le=MAX_CLIENTS,
+                             description="fewest holders an MZ filter decides on")  # fmt: skip
+    lasa_sparsity: float = Field(0.3, ge=0, lt=1, description="share LASA zeroes")
+    lasa_lambda_n: float = Field(1.0, gt=0, le=1e3)
+    lasa_lambda_s: float = Field(1.0, gt=0, le=1e3)
+    alignins_sparsity: float = Field(0.3, gt=0, le=1, description="share AlignIns inspects")
+    alignins_lambda_s: float = Field(1.0, gt=0, le=1e3)
+    alignins_lambda_c: float = Field(1.0, gt=0, le=1e3)
+    alignins_reference: Literal["model", "last_update"] = "model"
+    masa_lambda: float = Field(0.7, ge=0, le=1)
+    masa_delta: float = Field(1.0, gt=0, le=1e3)
+    masa_epochs: int = Field(5, ge=1, le=100)
+    masa_lr: float = Field(1e-3, gt=0, le=1)
+    masa_batch: int = Field(64, ge=1, le=MAX_BATCH)
+    masa_aux_fraction: float = Field(0.01, gt=0, lt=1,
+                                     description="share of data.n_train held out for MASA")  # fmt: skip
+    masa_aux_min: int = Field(8, ge=1, le=MAX_EXAMPLES)
+    trim_beta: float = Field(0.2, ge=0, lt=0.5)
+    byzantine_f: int | None = Field(None, ge=0, le=MAX_CLIENTS)
+    multikrum_select: int | None = Field(None, ge=1, le=MAX_CLIENTS)
 
 
 class LinkSection(_Strict):
@@ -141,6 +165,40 @@ class FaultSection(_Strict):
     cid: int = Field(ge=0, le=MAX_CLIENTS)
     round: int = Field(0, ge=0, le=MAX_ROUNDS)
     kind: Literal["raise", "nan", "shape"] = "raise"
+
+
+class AttackerSection(_Strict):
+    """``[[attackers]]``: simulated malicious clients (docs/robust.md)."""
+
+    kind: Literal["backdoor", "signflip", "gaussian", "random", "lie", "minmax", "minsum"]
+    clients: tuple[int, ...] | None = Field(None, min_length=1, max_length=MAX_CLIENTS)
+    fraction: float | None = Field(None, gt=0, lt=1, description="share of clients")
+    from_round: int = Field(1, ge=1, le=MAX_ROUNDS)
+    # backdoor
+    poison_fraction: float = Field(0.5, gt=0, le=1)
+    trigger: str = Field("BadMagic", min_length=1, max_length=200)
+    target: str | None = Field(None, min_length=1, max_length=200)
+    trigger_position: Literal["prefix", "random"] = "prefix"
+    scale: float | Literal["n/eta"] | None = None
+    neurotoxin: bool = False
+    dense_ratio: float = Field(0.25, gt=0, le=1)
+    # Byzantine
+    noise_std: float = Field(0.5, gt=0, le=1e6)
+    lie_z: float | None = Field(None, ge=0, le=100)
+    deviation: Literal["std", "sign", "unit"] = "std"
+    knowledge: Literal["all", "own"] = "all"
+
+    @model_validator(mode="after")
+    def _who(self) -> AttackerSection:
+        if (self.clients is None) == (self.fraction is None):
+            raise RomsimInputError("attackers.clients", self.clients,
+                                   "give exactly one of clients = [ids] or fraction")  # fmt: skip
+        if isinstance(self.scale, float) and not 0 < self.scale <= 1e6:
+            raise RomsimInputError("attackers.scale", self.scale, "must be in (0, 1e6] or 'n/eta'")
+        if self.kind != "backdoor" and (self.scale is not None or self.neurotoxin):
+            raise RomsimInputError("attackers.kind", self.kind,
+                                   "scale and neurotoxin are options of kind = 'backdoor'")  # fmt: skip
+        return self
 
 
 class FLConfig(_Strict):
@@ -181,6 +239,7 @@ class FLConfig(_Strict):
     )
     simulation: SimulationSection = SimulationSection()
     faults: tuple[FaultSection, ...] = ()
+    attackers: tuple[AttackerSection, ...] = ()
 
     @property
     def n_clients(self) -> int:
@@ -221,7 +280,40 @@ class FLConfig(_Strict):
                     f.round,
                     f"the run has {self.run.rounds} rounds (0: every round)",
                 )
+        self._check_attackers(n)
         return self
+
+    def _check_attackers(self, n: int) -> None:
+        seen: set[int] = set()
+        for i, a in enumerate(self.attackers):
+            for c in a.clients or ():
+                if not 0 <= c < n:
+                    raise RomsimInputError(f"attackers.{i}.clients", c,
+                                           f"no such client: client ids are 0..{n - 1}")  # fmt: skip
+                if c in seen:
+                    raise RomsimInputError(f"attackers.{i}.clients", c,
+                                           "is listed in two [[attackers]] groups")  # fmt: skip
+                seen.add(c)
+            if a.from_round > self.run.rounds:
+                raise RomsimInputError(f"attackers.{i}.from_round", a.from_round,
+                                       f"the run has {self.run.rounds} rounds")  # fmt: skip
+        kinds = {a.kind for a in self.attackers}
+        if len(kinds & {"backdoor"}) and len({a.target for a in self.attackers
+                                              if a.kind == "backdoor"}) > 1:  # fmt: skip
+            raise RomsimInputError("attackers.target", None,
+                                   "all backdoor groups must share one target (one success rate)")  # fmt: skip
+        if self.strategy.defense == "masa":
+            n_aux = self.masa_aux_count()
+            if self.data.n_train - n_aux < n:
+                raise RomsimInputError("strategy.masa_aux_fraction", self.strategy.masa_aux_fraction,
+                                       f"holding out {n_aux} examples leaves fewer than {n} for the clients")  # fmt: skip
+
+    def masa_aux_count(self) -> int:
+        """Training examples held out from the clients for MASA's server-side unlearning."""
+        if self.strategy.defense != "masa":
+            return 0
+        s = self.strategy
+        return max(s.masa_aux_min, round(s.masa_aux_fraction * self.data.n_train))
 
 
 def fl_config_from_dict(data: dict, source: str = "<dict>") -> FLConfig:

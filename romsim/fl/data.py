@@ -285,6 +285,14 @@ def partition(
     raise RomsimInputError("data.partition", scheme, "must be one of iid, dirichlet, domain")
 
 
+def server_holdout(train: list[Example], n_aux: int) -> tuple[list[Example], list[Example]]:
+    """(client pool, server-side auxiliary set): the last ``n_aux`` training examples are held
+    out from every client (MASA's clean server data; 0: none)."""
+    if n_aux <= 0:
+        return train, []
+    return train[:-n_aux], train[-n_aux:]
+
+
 def load_dataset(cfg) -> Dataset:
     """The data set an FL config names (``cfg`` is :class:`romsim.fl.config.DataConfig`)."""
     if cfg.name == "wordnet":

@@ -34,7 +34,8 @@ log = logging.getLogger("romsim.fl")
 CSV_FIELDS = (
     "round", "accuracy", "eval_loss", "train_loss", "clients_ok", "clients_dropped",
     "round_time_s", "sim_time_s", "round_energy_j", "energy_j", "bytes_up", "bytes_down",
-    "trained_layers_mean", "host_wall_s",
+    "trained_layers_mean", "host_wall_s", "backdoor_success", "detect_precision",
+    "detect_recall", "defense_s",
 )  # fmt: skip
 
 
@@ -230,7 +231,10 @@ def _check_planner_arrays(npz: Path, arrs: dict[str, np.ndarray],
     """The strategy's state: STAgg's previous update per adapter tensor, the last norms."""
     stagg = {k[len("stagg/") :]: v for k, v in arrs.items() if k.startswith("stagg/")}
     _check_arrays(npz, "planner/stagg/", stagg, shapes, exact=False)
-    other = sorted(set(arrs) - {f"stagg/{k}" for k in stagg} - {"norms/keys", "norms/values"})
+    last = {k[len("last/") :]: v for k, v in arrs.items() if k.startswith("last/")}
+    _check_arrays(npz, "planner/last/", last, shapes, exact=False)
+    other = sorted(set(arrs) - {f"stagg/{k}" for k in stagg} - {f"last/{k}" for k in last}
+                   - {"norms/keys", "norms/values"})  # fmt: skip
     if other:
         raise _bad(npz, "planner/" + other[0], None, "is not a strategy state tensor")
     if ("norms/keys" in arrs) != ("norms/values" in arrs):
@@ -370,7 +374,9 @@ class ServerLoop:
         from flwr.app import RecordDict
 
         from romsim.fl.aggregation import ClientUpdate, validate_update
-        from romsim.fl.data import load_dataset
+        from romsim.fl.attacks import Adversary, attacker_ids, auto_target, backdoor_test_set
+        from romsim.fl.data import load_dataset, server_holdout
+        from romsim.fl.defenses import detection
         from romsim.fl.strategy import Planner, module_keys
         from romsim.fl.train import (
             adapter_shapes,
@@ -379,6 +385,7 @@ class ServerLoop:
             init_adapter,
             load_bundle,
             set_adapter,
+            unlearn_loss,
         )
 
         cfg = self.cfg
@@ -393,6 +400,26 @@ class ServerLoop:
         planner = Planner(cfg.strategy, devices, bundle.n_layers, cfg.run.seed)
         ds = load_dataset(cfg.data)
         test = ds.test[: cfg.data.eval_examples]
+        pool, aux = server_holdout(ds.train, cfg.masa_aux_count())
+        adversary = Adversary(attacker_ids(cfg.attackers, cfg.n_clients, cfg.run.seed),
+                              cfg.run.seed)  # fmt: skip
+        bd = next((a for a in cfg.attackers if a.kind == "backdoor"), None)
+        bd_test = None
+        if bd is not None:
+            bd_test = backdoor_test_set(test, bd.trigger, bd.target or auto_target(pool),
+                                        bd.trigger_position, cfg.run.seed)  # fmt: skip
+            log.info("attackers %s; backdoor target %r, %d triggered held-out items",
+                     sorted(adversary.by_cid), bd.target or auto_target(pool), len(bd_test))  # fmt: skip
+
+        def backdoor_rate() -> float:
+            if not bd_test:
+                return float("nan")
+            return evaluate(bundle, bd_test, cfg.train.eval_batch)["accuracy"]
+
+        def unlearn(arrays: dict[str, np.ndarray]) -> float:  # MASA's server-side step
+            set_adapter(bundle, arrays)
+            s = cfg.strategy
+            return unlearn_loss(bundle, aux, s.masa_epochs, s.masa_batch, s.masa_lr, cfg.run.seed)
 
         rows: list[dict] = []
         details: list[dict] = []
@@ -422,6 +449,7 @@ class ServerLoop:
             set_adapter(bundle, glob)
             ev = evaluate(bundle, test, cfg.train.eval_batch)
             rows.append(_row(0, ev, [], 0, {}, 0.0, 0.0))
+            rows[-1]["backdoor_success"] = backdoor_rate()
             log.info("round 0 (base): accuracy %.4f, eval loss %.4f", ev["accuracy"], ev["loss"])
             self._checkpoint(ck, 0, glob, planner, rows, details, cdig)
 
@@ -483,8 +511,21 @@ class ServerLoop:
                     m["class"] = devices[c].klass
                     updates.append(upd)
                     per_client.append(m)
+                bad_ids = adversary.ids(rnd, [u.cid for u in updates])
+                attack_notes: list[dict] = []
+                if bad_ids:
+                    updates, attack_notes = adversary.craft(rnd, glob, updates,
+                                                            planner.last_update)  # fmt: skip
+                defense_rep, det = None, {"precision": float("nan"), "recall": float("nan")}
                 if updates:
-                    glob, _counts = planner.aggregate(glob, updates)
+                    glob, _counts = planner.aggregate(glob, updates, len(bad_ids), unlearn)
+                    if planner.last_defense is not None:
+                        defense_rep = planner.last_defense.report
+                        det = detection(planner.last_defense.flagged, bad_ids,
+                                        [u.cid for u in updates])  # fmt: skip
+                        log.info("round %d: %s kept %s, flagged %s (attackers %s), %.2f s",
+                                 rnd, cfg.strategy.defense, defense_rep["kept"],
+                                 defense_rep["flagged"], bad_ids, defense_rep["seconds"])  # fmt: skip
                 else:
                     log.warning(
                         "round %d: every client dropped; the global adapter is unchanged", rnd
@@ -495,10 +536,16 @@ class ServerLoop:
                 prev_e = rows[-1]["energy_j"]
                 row = _row(rnd, ev, per_client, len(dropped), {}, prev_sim, prev_e)
                 row["host_wall_s"] = time.time() - t0
+                row["backdoor_success"] = backdoor_rate()
+                row["detect_precision"] = det["precision"]
+                row["detect_recall"] = det["recall"]
+                row["defense_s"] = defense_rep["seconds"] if defense_rep else 0.0
                 rows.append(row)
                 details.append({"round": rnd, "clients": per_client, "dropped": dropped,
                                 "assignment": {str(c): [f"{a}.{b}" for a, b in assign[c]]
-                                               for c in cids}})  # fmt: skip
+                                               for c in cids},
+                                "attackers": bad_ids, "attack": attack_notes,
+                                "defense": defense_rep})  # fmt: skip
                 self._checkpoint(ck, rnd, glob, planner, rows, details, cdig)
                 prog.advance(row)
                 log.info("round %d: accuracy %.4f, eval loss %.4f, round time %.3f s (simulated), "
@@ -559,6 +606,10 @@ def _row(rnd, ev, per_client, n_dropped, _extra, prev_sim, prev_e) -> dict:
         "bytes_down": float(sum(m["bytes_down"] for m in per_client)),
         "trained_layers_mean": float(np.mean(layers)) if layers else 0.0,
         "host_wall_s": 0.0,
+        "backdoor_success": float("nan"),
+        "detect_precision": float("nan"),
+        "detect_recall": float("nan"),
+        "defense_s": 0.0,
     }
 
 

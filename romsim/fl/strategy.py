@@ -46,6 +46,10 @@ class Planner:
         self.targets = devices[0].targets
         self.stagg_state = STAggState()
         self.last_norms: dict[str, float] = {}
+        # the last global update (Neurotoxin's mask, AlignIns' optional reference); not in
+        # the checkpoint: after a resume the first round has none
+        self.last_update: dict[str, np.ndarray] = {}
+        self.last_defense = None
         for d in devices:
             if d.model.n_layers != n_layers:
                 raise ValueError(
@@ -126,20 +130,42 @@ class Planner:
         return "stagg" if self.cfg.name == "fed-pilot" else "layerwise"
 
     def aggregate(
-        self, global_arrays: dict[str, np.ndarray], updates: list[ClientUpdate]
+        self,
+        global_arrays: dict[str, np.ndarray],
+        updates: list[ClientUpdate],
+        n_attackers: int = 0,
+        unlearn=None,
     ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """New global adapter; with ``[strategy] defense`` the robust spatial aggregate of
+        :mod:`romsim.fl.defenses` replaces the layer-wise mean (STAgg then applies its
+        temporal part on top); its report is in :attr:`last_defense`."""
+        self.last_defense = None
+        spatial = None
+        kept = updates
+        if self.cfg.defense != "none":
+            from romsim.fl.defenses import defend
+
+            res = defend(self.cfg, global_arrays, updates, n_attackers,
+                         self.last_update or None, unlearn)  # fmt: skip
+            self.last_defense = res
+            spatial, kept = (res.arrays, res.counts), res.kept
         if self.aggregation == "stagg":
             new, counts, self.stagg_state = stagg(
-                global_arrays, updates, self.stagg_state, self.cfg.stagg_mu, self.cfg.stagg_rho
-            )
+                global_arrays, kept, self.stagg_state, self.cfg.stagg_mu, self.cfg.stagg_rho,
+                spatial,
+            )  # fmt: skip
+        elif spatial is not None:
+            new, counts = spatial
         else:
             new, counts = layerwise_fedavg(global_arrays, updates)
         self.last_norms = update_norms(global_arrays, new)
+        self.last_update = {k: new[k].astype(np.float64) - global_arrays[k] for k in new}
         return new, counts
 
     # ------------------------------------------------------------------ checkpoint
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {f"stagg/{k}": v for k, v in self.stagg_state.prev_update.items()}
+        out.update({f"last/{k}": v for k, v in self.last_update.items()})
         if self.last_norms:
             keys = sorted(self.last_norms)
             out["norms/keys"] = np.array(keys)
@@ -150,6 +176,7 @@ class Planner:
         self.stagg_state = STAggState(
             {k[len("stagg/") :]: v for k, v in arrs.items() if k.startswith("stagg/")}
         )
+        self.last_update = {k[len("last/") :]: v for k, v in arrs.items() if k.startswith("last/")}
         if "norms/keys" in arrs:
             self.last_norms = dict(
                 zip(arrs["norms/keys"].tolist(), arrs["norms/values"].tolist(), strict=True)

@@ -316,6 +316,46 @@ def local_train(
     return get_adapter(bundle, keys), {"train_loss": float(np.mean(losses)) if losses else 0.0}
 
 
+def unlearn_loss(
+    bundle: Bundle,
+    examples: list[Example],
+    epochs: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    momentum: float = 0.9,
+    max_grad_norm: float = 20.0,
+) -> float:
+    """MASA's individual unlearning: gradient *ascent* on the answer loss with SGD (momentum
+    0.9, grad-norm clip 20, as the official ``agg_masa``) on every LoRA tensor, starting from
+    the adapter the bundle holds; returns the sum over epochs of the epoch-mean loss. The
+    adapter is left changed: set it again before using the bundle."""
+    import torch
+
+    params = list(bundle.params.values())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    bundle.model.eval()  # no dropout; the official code keeps train mode (dropout 0 here)
+    n = len(examples)
+    steps = max(1, -(-n // batch))
+    total = 0.0
+    for ep in range(epochs):
+        losses = []
+        for idx in batch_order(n, steps, min(batch, n), seed + ep):
+            loss = answer_loss(bundle, [examples[i] for i in idx])
+            opt.zero_grad(set_to_none=True)
+            (-loss).backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+        total += float(np.mean(losses))
+    for p in params:
+        p.grad = None
+        p.requires_grad_(False)
+    return total
+
+
 def grad_scores(
     bundle: Bundle, examples: list[Example], batches: int, batch: int, seed: int
 ) -> dict[str, float]:
