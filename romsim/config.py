@@ -132,12 +132,20 @@ class FusedCellConfig(_Strict):
         "MACs take the next tokens' activations); 1: each word streams straight into the MACs",
     )
     pipeline_depth_cycles: int = Field(6, ge=1, le=256)
-    adder_tree_cycles: int = Field(
-        7,
+    adder_tree_cycles: int | None = Field(
+        None,
         ge=0,
         le=64,
-        description="pipelined reduction across a unit's cells (7 = log2(96) rounded up)",
+        description="pipelined reduction across a unit's cells; default ceil(log2(cells_per_unit))"
+        " stages, one per level of a binary tree (7 for 96 cells)",
     )
+
+    @property
+    def tree_cycles(self) -> int:
+        """Stages of the reduction tree across the unit's cells (configured or derived)."""
+        if self.adder_tree_cycles is not None:
+            return self.adder_tree_cycles
+        return max(0, (self.cells_per_unit - 1).bit_length())
 
 
 class HUnitConfig(_Strict):

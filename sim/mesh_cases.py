@@ -113,6 +113,6 @@ def _model_cycles_chip(t0, chip) -> dict:
         "cyclesim": float(simulate_matmul_cycles(pm, [mt])),
         "hops": [int(hops[u]) for u in SLICE_UNITS],
         "hop_latency": chip.interconnect.hop_latency_cycles,
-        "adder_tree_cycles": chip.cell.adder_tree_cycles,
+        "adder_tree_cycles": chip.cell.tree_cycles,
         "pipeline_depth_cycles": chip.cell.pipeline_depth_cycles,
     }

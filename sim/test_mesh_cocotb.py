@@ -26,5 +26,8 @@ def test_mesh_slice_unit_k_cocotb(sim, tmp_path, rtl_build_dir):
         assert r["cycles"] == mc["rtl_formula"][len(r["vectors"])], (r, mc)
     # the documented relation to the models (docs/rtl.md, "Matrix unit and mesh slice")
     one = mc["rtl_formula"][1]
-    assert mc["perf_model"] == one + mc["adder_tree_cycles"] - 3
+    # the unit's reduction is a binary tree over 8 cells: 3 stages, the perf model's derived
+    # cell.tree_cycles, so the analytical cycles equal the RTL's
+    assert mc["adder_tree_cycles"] == 3
+    assert mc["perf_model"] == one
     assert mc["cyclesim"] > mc["perf_model"]

@@ -207,6 +207,17 @@ class _V:
         return len(self.idx)
 
 
+def _tree_cycles(v: _V) -> Num:
+    """FusedCellConfig.tree_cycles: the configured stages, or ceil(log2(cells_per_unit))."""
+    swept = v.arrays.get("cell.adder_tree_cycles")
+    if swept is not None:
+        return swept[v.idx]
+    if v.base.cell.adder_tree_cycles is not None:
+        return v.base.cell.adder_tree_cycles
+    cells = np.asarray(v("cell.cells_per_unit"), dtype=np.float64)
+    return np.ceil(np.log2(np.maximum(cells, 1.0)))
+
+
 def _ceil_div(a: Num, b: Num) -> Num:
     return -(-a // b)
 
@@ -443,7 +454,7 @@ def _matmul(v: _V, d: _D, tiles: list[_Mat], Tk: Num, lora: bool) -> _Op:
     lat = (
         2 * d.hops * hop_lat
         + v("cell.pipeline_depth_cycles")
-        + v("cell.adder_tree_cycles")
+        + _tree_cycles(v)
         + v("interconnect.sync_cycles_per_op")
     )
     link = v("interconnect.link_bytes_per_cycle")

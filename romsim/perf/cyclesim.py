@@ -89,7 +89,7 @@ def simulate_matmul_cycles(pm: PerfModel, tiles: list[MatrixTiles]) -> float:
     merged_t = np.full(grp[-1] + 1, -np.inf)
     np.maximum.at(merged_t, grp, times)
     merged_u = units[new]
-    leave = merged_t + chip.cell.pipeline_depth_cycles + chip.cell.adder_tree_cycles
+    leave = merged_t + chip.cell.pipeline_depth_cycles + chip.cell.tree_cycles
     arrive = leave + hops_of_unit[merged_u] * ic.hop_latency_cycles
     port = col_of_unit[merged_u]
     per_partial = chip.cell.acc_bits / 8 / link

@@ -69,7 +69,7 @@ class PerfModel:
         lat = (
             2 * d.hops * c.interconnect.hop_latency_cycles  # broadcast out, partials back
             + c.cell.pipeline_depth_cycles
-            + c.cell.adder_tree_cycles  # reduction tree inside a matrix unit
+            + c.cell.tree_cycles  # reduction tree inside a matrix unit
             + c.interconnect.sync_cycles_per_op
         )
         op = Op(name, group, lat)
