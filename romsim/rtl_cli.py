@@ -140,6 +140,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="add the unit's fp32 row reduction over the (consecutive) cells (with --cells N)",
     )
+    b.add_argument(
+        "--unit",
+        type=int,
+        metavar="U",
+        help="a whole matrix unit: its cells_per_unit cells (from cell U*cells_per_unit; the "
+        "tile's CELL is ignored), the adder tree across them (--row-sums) and the activation "
+        "buffer they share",
+    )
+    b.add_argument(
+        "--rom-style",
+        choices=("memory", "brom", "rom"),
+        default="memory",
+        help="ROM inside the cell: behavioural Memory (reference), structural B-ROM, or a "
+        "standard NOR-array ROM (rtl/brom.py)",
+    )
     b.add_argument("--out", default="build/rtl", help="build folder (default: %(default)s)")
     b.add_argument("--force", action="store_true", help="regenerate even if cached")
     b.set_defaults(func=cmd_build)
@@ -189,6 +204,10 @@ def build_tiles(args):
 
     model, layer, matrix, cell = parse_tile(args.tile)
     r, c = _mesh(args.mesh)
+    if args.unit is not None:  # the unit's cells, consecutive, with the unit's reduction
+        if args.unit < 0:
+            raise RomsimInputError("--unit", args.unit, "must be >= 0")
+        cell, args.cells, args.row_sums = args.unit * args.cells_per_unit, args.cells_per_unit, True
     if args.act_bits != 8:
         raise RomsimInputError(
             "--act-bits", args.act_bits, "the kernels' golden path and the tiles use int8 (8)"
@@ -252,6 +271,7 @@ def cmd_build(args) -> int:
             style=args.style,
             max_tokens=args.max_tokens,
             row_sums=args.row_sums,
+            rom_style=args.rom_style,
             build_dir=args.out,
             force=args.force,
             meta={
