@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numba as nb
 import numpy as np
 
+from romsim.quant import NF4_VALUES
 from romsim.rom.layout import KERNEL_WORD_BITS, RomLayout
 
 from . import bitpack as bp
@@ -59,27 +60,7 @@ _GGUF_LAYOUT = {
 KINDS = ("affine", "symmetric", *bp.GGUF_KINDS, "nf4")
 NF4_BLOCK = 64  # bitsandbytes' default blocksize (the QLoRA paper's)
 # bitsandbytes.functional.get_4bit_type("nf4") (QLoRA, Dettmers et al. 2023), as fp32
-NF4_TABLE = np.array(
-    [
-        -1.0,
-        -0.6961928009986877,
-        -0.5250730514526367,
-        -0.39491748809814453,
-        -0.28444138169288635,
-        -0.18477343022823334,
-        -0.09105003625154495,
-        0.0,
-        0.07958029955625534,
-        0.16093020141124725,
-        0.24611230194568634,
-        0.33791524171829224,
-        0.44070982933044434,
-        0.5626170039176941,
-        0.7229568362236023,
-        1.0,
-    ],
-    dtype=np.float32,
-)
+NF4_TABLE = np.array(NF4_VALUES, dtype=np.float32)
 
 
 @dataclass

@@ -57,6 +57,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from romsim.errors import RomsimInputError
 from romsim.modelspec import ATTN_KINDS, LINEAR_KINDS, MLP_KINDS, ModelSpec
 
+# The NormalFloat-4 codebook of QLoRA (Dettmers et al. 2023) exactly as bitsandbytes holds it
+# (bitsandbytes.functional.get_4bit_type("nf4"), fp32): the one copy that the kernels
+# (romsim.kernels.qmatmul.NF4_TABLE) and the RTL codebook decode (romsim.rtl.params) read.
+NF4_VALUES: tuple[float, ...] = (
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+)
+
 QuantKind = Literal[
     "affine",
     "symmetric",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from romsim.quant import NF4_VALUES
 from romsim.rom.layout import RomLayout
 
 SCALE_BITS = 16  # fp16 scale field (romsim.quant: scale_bits default)
@@ -44,25 +45,7 @@ ROW_SUM_CYCLES = 3
 # no per-group metadata, one per-tensor fp16 scale (``tensor_scale``) in the dequantizer.
 CELL_KINDS = ("affine", "nf4", "ternary")
 NF4_FRAC_BITS = 10
-# bitsandbytes' NormalFloat-4 table (QLoRA, Dettmers et al. 2023; bitsandbytes functional.py)
-NF4_TABLE = (
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-)
+NF4_TABLE = NF4_VALUES  # bitsandbytes' NormalFloat-4 table (romsim.quant, the one copy)
 
 
 def nf4_fixed_table(frac_bits: int = NF4_FRAC_BITS) -> tuple[int, ...]:
