@@ -27,8 +27,8 @@ COMPILER_WORD_BITS = 64  # (P) "1K- to 8K-deep x 64 macros"
 
 # --- logic -------------------------------------------------------------------------------------
 NAND2_UM2 = node(COMPILER_NODE_NM).nand2_um2  # the 7 nm NAND2 of the node table (rtl synth um2)
-LOGIC_UTILISATION = 0.70  # (L) placement density of standard-cell blocks (Weste & Harris, CMOS
-#                           VLSI Design, 4th ed.: 70 % is a typical row utilisation)
+LOGIC_UTILISATION = 0.70  # (C) placement density of standard-cell blocks: a typical row
+#                           utilisation of place-and-route flows (60-80 %)
 # NAND2-equivalent gate counts (L: textbook array-multiplier / adder estimates; the fused cell's
 # own count comes from Yosys synthesis, romsim/area/synth_calibration.json):
 GATES_INT_MAC_4x8 = 260  # 4x8 multiplier (~32 FA) + 32-bit accumulate share
@@ -47,12 +47,13 @@ DATAPATH_ACTIVITY = 1.0  # (C) each NAND2-eq of a busy datapath switches as ofte
 #                          Horowitz's adder do per add (the per-gate energy is taken from it)
 
 # --- leakage at 7 nm (scaled to other nodes by romsim.tech.Node.leakage_scale) ----------------
-SRAM_LEAK_W_PER_MBIT_7NM = 1.0e-3  # (L) HD SRAM array leakage at nominal voltage and 85 C
-LOGIC_LEAK_W_PER_MM2_7NM = 0.010  # (L) standard-cell logic at nominal voltage
+SRAM_LEAK_W_PER_MBIT_7NM = 1.0e-3  # (C) HD SRAM array leakage at nominal voltage, hot; no
+#                                    per-node published figure was found (docs/constants.md)
+LOGIC_LEAK_W_PER_MM2_7NM = 0.010  # (C) standard-cell logic at nominal voltage, likewise
 ROM_LEAK_W_PER_MM2_7NM = 0.001  # (C) ROM arrays: few transistors, no cross-coupled cells
-POWER_GATE_RESIDUAL = 0.05  # (L) leakage left in a gated block: header switches cut ~20x
-#                             (Mutoh et al., JSSC 1995, MTCMOS)
-POWER_GATE_AREA_OVERHEAD = 0.03  # (L) sleep transistors and isolation: ~2-5 % of a block
+POWER_GATE_RESIDUAL = 0.05  # (C) leakage left in a gated block behind high-Vt header switches
+#                             (the MTCMOS technique of Mutoh et al., JSSC 1995); ~20x cut
+POWER_GATE_AREA_OVERHEAD = 0.03  # (C) sleep transistors and isolation cells, ~3 % of a block
 POWER_GATE_WAKE_CYCLES = 10  # (C) cycles to restore a gated block's supply
 
 
