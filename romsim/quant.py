@@ -48,6 +48,7 @@ which the mapping, the performance model, the ROM image, the kernels and the RTL
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Literal
@@ -78,6 +79,21 @@ NF4_VALUES: tuple[float, ...] = (
     0.7229568362236023,
     1.0,
 )
+# The cell's NF4 codebook (and the kernels' NF4 integer path, romsim.kernels.codebook): fixed
+# point, round(NF4_VALUES[q] * 2**NF4_FRAC_BITS), within 2**-11 of the float table.
+NF4_FRAC_BITS = 10
+# ternary digit d (2-bit code or base-3 digit) -> weight t = d - 1; code 3 is never written and
+# decodes to 0
+TERNARY_TABLE: tuple[int, ...] = (-1, 0, 1, 0)
+
+
+def nf4_fixed_table(frac_bits: int = NF4_FRAC_BITS) -> tuple[int, ...]:
+    """``round(NF4_VALUES[q] * 2**frac_bits)`` (round half away from zero; no entry is a tie),
+    signed ``frac_bits + 2`` bits: the codebook the hardware stores."""
+    return tuple(
+        int(math.floor(abs(v) * (1 << frac_bits) + 0.5)) * (1 if v >= 0 else -1) for v in NF4_VALUES
+    )
+
 
 QuantKind = Literal[
     "affine",

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from romsim.quant import NF4_VALUES
+from romsim.quant import NF4_FRAC_BITS, NF4_VALUES
+from romsim.quant import TERNARY_TABLE as TERNARY_TABLE  # re-exported (romsim.rtl.cell)
+from romsim.quant import nf4_fixed_table as nf4_fixed_table  # re-exported
 from romsim.rom.layout import RomLayout
 
 SCALE_BITS = 16  # fp16 scale field (romsim.quant: scale_bits default)
@@ -44,20 +46,9 @@ ROW_SUM_CYCLES = 3
 # "ternary" w = d - 1 for a digit d in {0, 1, 2} (2-bit codes, or 5 base-3 digits per byte),
 # no per-group metadata, one per-tensor fp16 scale (``tensor_scale``) in the dequantizer.
 CELL_KINDS = ("affine", "nf4", "ternary")
-NF4_FRAC_BITS = 10
 NF4_TABLE = NF4_VALUES  # bitsandbytes' NormalFloat-4 table (romsim.quant, the one copy)
-
-
-def nf4_fixed_table(frac_bits: int = NF4_FRAC_BITS) -> tuple[int, ...]:
-    """The cell's codebook: ``round(NF4_TABLE[q] * 2**frac_bits)`` (round half away from zero;
-    no entry is a tie), signed ``frac_bits + 2`` bits."""
-    return tuple(
-        int(math.floor(abs(v) * (1 << frac_bits) + 0.5)) * (1 if v >= 0 else -1) for v in NF4_TABLE
-    )
-
-
-# ternary digit d (2-bit code or base-3 digit) -> weight; code 3 never written, decodes to 0
-TERNARY_TABLE = (-1, 0, 1, 0)
+# NF4_FRAC_BITS, nf4_fixed_table (the fixed-point codebook) and TERNARY_TABLE (digit -> weight)
+# are romsim.quant's, shared with the kernels' integer path (romsim.kernels.codebook)
 
 
 @dataclass(frozen=True)

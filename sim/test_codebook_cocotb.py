@@ -1,5 +1,6 @@
-"""NF4 and ternary (2-bit and base-3) decode in the fused cell vs the numpy golden model
-(``sim/codebook_ref.py``), cocotb on Verilator and Icarus, real SmolLM2-135M layer-0 weights.
+"""NF4 and ternary (2-bit and base-3) decode in the fused cell vs the golden model
+``romsim.kernels.codebook`` (test data: ``sim/codebook_ref.py``), cocotb on Verilator and Icarus,
+real SmolLM2-135M layer-0 weights.
 
 ``pytest sim -k "nf4 or ternary"``."""
 
