@@ -24,6 +24,17 @@ def pytest_addoption(parser):
         "--full-bits", default="4", help="romsim.rtl --full: comma-separated weight bit widths"
     )
     parser.addoption("--full-layer", default="0", help="romsim.rtl --full: layer index")
+    parser.addoption(
+        "--wave",
+        action="store_true",
+        default=False,
+        help="romsim.rtl: dump a waveform (FST) of every cocotb run into its build folder",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--wave", default=False):  # read by romsim.rtl.simrun
+        os.environ["ROMSIM_RTL_WAVES"] = "1"
 
 
 @pytest.fixture(scope="session")
