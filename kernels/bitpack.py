@@ -6,9 +6,10 @@ the kernels use it at :data:`~romsim.rom.layout.KERNEL_WORD_BITS` (64-bit words,
 in host order, read through a ``uint8`` view: the little-endian byte stream, the layout module
 checks the host at import). This module adds:
 
-* GGUF blocks (Q4_0, Q4_1, Q8_0: 32 weights per block) <-> ROM words, bit-exact with llama.cpp
-  (the layout's rule 7): a block's ``qs`` bytes are the group's code stream in llama.cpp's element
-  order, its ``d`` (and Q4_1's ``m``) the group's metadata field.
+* GGUF blocks (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1: 32 weights per block; the K-quants Q2_K ... Q6_K
+  and the ternary TQ1_0, TQ2_0: 256) <-> ROM words, bit-exact with llama.cpp (the layout's rules
+  7, 9, 9b): a block's code bytes are the group's code stream in llama.cpp's element order, its
+  metadata bytes (``d``, Q4_1's ``m``, ...) the group's metadata field.
 * :func:`quantize_affine` / :func:`dequantize_affine`: the re-quantizer for 2/3/4/8-bit images.
 """
 
@@ -20,7 +21,7 @@ from romsim.rom.layout import KERNEL_WORD_BITS, RomLayout, n_groups
 
 AFFINE_BITS = (2, 3, 4, 8)
 GGUF_BLOCK = 32  # weights per block of the 32-weight kinds
-QK_K = 256  # weights per K-quant super-block
+QK_K = 256  # weights per K-quant super-block (and TQ1_0/TQ2_0 block)
 
 # A block's byte ranges in llama.cpp's struct order: (name, offset, length, "code" | "meta")
 # (ROM rule 7/9: code bytes -> the group's stream, meta bytes -> its field, each in this order).
@@ -40,34 +41,49 @@ GGUF_SEGMENTS: dict[str, tuple[tuple[str, int, int, str], ...]] = {
              ("qh", 16, 32, "code"), ("qs", 48, 128, "code")),
     "q6_k": (("ql", 0, 128, "code"), ("qh", 128, 64, "code"), ("scales", 192, 16, "meta"),
              ("d", 208, 2, "meta")),
+    # ternary (llama.cpp block_tq1_0 / block_tq2_0): one fp16 d per 256 weights, w = d*(q - 1)
+    "tq1_0": (("qs", 0, 48, "code"), ("qh", 48, 4, "code"), ("d", 52, 2, "meta")),
+    "tq2_0": (("qs", 0, 64, "code"), ("d", 64, 2, "meta")),
 }  # fmt: skip
 GGUF_KINDS = tuple(GGUF_SEGMENTS)
 KQUANT_KINDS = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+TERNARY_GGUF_KINDS = ("tq1_0", "tq2_0")
+SUPER_BLOCK_KINDS = KQUANT_KINDS + TERNARY_GGUF_KINDS  # 256-weight ROM groups
+# TQ1_0's code bytes hold base-3 digits (5 a byte in qs, 4 a byte in qh: 48*5 + 4*4 = 256) as
+# llama.cpp's fixed-point fractions: digit p of byte v is ((v * 3**p) mod 256) * 3 >> 8
+# (gguf-py's uint8 arithmetic). The 52 bytes are the ROM layout's base-3 stream (rule 3b
+# counting: 8 * ceil(256 / 5) bits).
+TQ1_POW3 = (1, 3, 9, 27, 81)
+TQ1_DIGITS = (((np.arange(256)[:, None] * np.array(TQ1_POW3)) % 256) * 3 >> 8).astype(np.uint8)
 GGUF_BLOCK_BYTES = {k: sum(seg[2] for seg in v) for k, v in GGUF_SEGMENTS.items()}
 GGUF_QS_BYTES = {  # code bytes per block
     k: sum(seg[2] for seg in v if seg[3] == "code") for k, v in GGUF_SEGMENTS.items()
 }
 GGUF_META_BYTES = {k: GGUF_BLOCK_BYTES[k] - GGUF_QS_BYTES[k] for k in GGUF_SEGMENTS}
-GGUF_BITS = {
+GGUF_BITS = {  # the kernels' unsigned code width (TQ1_0: a base-3 digit, decoded to 2 bits)
     "q4_0": 4, "q4_1": 4, "q8_0": 8, "q5_0": 5, "q5_1": 5,
-    "q2_k": 2, "q3_k": 3, "q4_k": 4, "q5_k": 5, "q6_k": 6,
+    "q2_k": 2, "q3_k": 3, "q4_k": 4, "q5_k": 5, "q6_k": 6, "tq1_0": 2, "tq2_0": 2,
 }  # fmt: skip
-GGUF_BLOCK_WEIGHTS = {k: (QK_K if k in KQUANT_KINDS else GGUF_BLOCK) for k in GGUF_SEGMENTS}
+GGUF_PACKING = {k: ("base3" if k == "tq1_0" else "bits") for k in GGUF_SEGMENTS}
+GGUF_BLOCK_WEIGHTS = {k: (QK_K if k in SUPER_BLOCK_KINDS else GGUF_BLOCK) for k in GGUF_SEGMENTS}
 # metadata field split (romsim.quant._GGUF_FIXED / _GGUF_SUB_SCALE_BITS): fp16 d, then the
 # fp16 minimum / dmin (zero_bits), then packed sub-block scales (sub_scale_bits)
 GGUF_ZERO_BITS = {
     k: (16 if k in ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k") else 0) for k in GGUF_SEGMENTS
 }
 GGUF_SUB_SCALE_BITS = {k: 8 * GGUF_META_BYTES[k] - 16 - GGUF_ZERO_BITS[k] for k in GGUF_SEGMENTS}
-# the kernels' compute group: the block (32-weight kinds) or the K-quant sub-block
+# the kernels' compute group: the block (32-weight kinds) or the K-quant sub-block; TQ1_0/TQ2_0
+# have one d per 256 weights, their compute group (the activation block) is 32 weights
 GGUF_SUB_BLOCK = {
     "q4_0": 32, "q4_1": 32, "q8_0": 32, "q5_0": 32, "q5_1": 32,
-    "q2_k": 16, "q3_k": 16, "q4_k": 32, "q5_k": 32, "q6_k": 16,
+    "q2_k": 16, "q3_k": 16, "q4_k": 32, "q5_k": 32, "q6_k": 16, "tq1_0": 32, "tq2_0": 32,
 }  # fmt: skip
-# the kernels' per-compute-group zero point (w = s*(q - z)); kinds with a minimum have z = 0
+# the kernels' per-compute-group zero point (w = s*(q - z)); kinds with a minimum have z = 0;
+# TQ1_0/TQ2_0: digit q in {0, 1, 2} is the ternary weight q - 1 (TQ2_0's never-written code 3
+# is +2, as in llama.cpp and gguf-py)
 GGUF_ZERO = {
     "q4_0": 8, "q4_1": 0, "q8_0": 0, "q5_0": 16, "q5_1": 0,
-    "q2_k": 0, "q3_k": 4, "q4_k": 0, "q5_k": 0, "q6_k": 32,
+    "q2_k": 0, "q3_k": 4, "q4_k": 0, "q5_k": 0, "q6_k": 32, "tq1_0": 1, "tq2_0": 1,
 }  # fmt: skip
 GGUF_HAS_MIN = ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k")
 
@@ -80,6 +96,8 @@ __all__ = [
     "GGUF_SEGMENTS",
     "KQUANT_KINDS",
     "QK_K",
+    "SUPER_BLOCK_KINDS",
+    "TERNARY_GGUF_KINDS",
     "dequantize_affine",
     "gguf_block_codes",
     "gguf_blocks_to_words",
@@ -92,13 +110,15 @@ __all__ = [
 
 
 def gguf_layout(kind: str) -> RomLayout:
-    """The :class:`RomLayout` of a GGUF block kind in the kernels' 64-bit words (rules 7, 9)."""
+    """The :class:`RomLayout` of a GGUF block kind in the kernels' 64-bit words (rules 7, 9,
+    9b)."""
     return RomLayout(
         GGUF_BITS[kind],
         GGUF_BLOCK_WEIGHTS[kind],
         GGUF_ZERO_BITS[kind],
         16,
         KERNEL_WORD_BITS,
+        packing=GGUF_PACKING[kind],
         sub_scale_bits=GGUF_SUB_SCALE_BITS[kind],
     )
 
@@ -259,8 +279,12 @@ def gguf_block_codes(code_bytes: np.ndarray, kind: str) -> np.ndarray:
         hb = (qh >> np.arange(32, dtype=np.uint32)) & np.uint32(1)
         lo = _bits_of(cb[:, 4:20], [0, 4], 15).reshape(nb, 32)
         return (lo.astype(np.int16) | (hb.astype(np.int16) << 4)).astype(np.int16)
-    if kind == "q2_k":
+    if kind in ("q2_k", "tq2_0"):  # TQ2_0's qs is laid out as Q2_K's
         return _bits_of(cb.reshape(nb, 2, 32), [0, 2, 4, 6], 3).reshape(nb, QK_K).astype(np.int16)
+    if kind == "tq1_0":  # qs[0:32] digits 0..4, qs[32:48] digits 0..4, qh[48:52] digits 0..3
+        parts = [(cb[:, :32], 5), (cb[:, 32:48], 5), (cb[:, 48:52], 4)]
+        d = [TQ1_DIGITS[b][:, :, :p].transpose(0, 2, 1).reshape(nb, -1) for b, p in parts]
+        return np.concatenate(d, axis=1).astype(np.int16)
     if kind == "q3_k":
         lo = _bits_of(cb[:, 32:96].reshape(nb, 2, 32), [0, 2, 4, 6], 3).reshape(nb, QK_K)
         hb = _bits_of(cb[:, :32], range(8), 1).reshape(nb, QK_K)
@@ -294,6 +318,9 @@ def gguf_sub_params(meta_bytes: np.ndarray, kind: str) -> tuple[np.ndarray, np.n
     mb = np.asarray(meta_bytes, np.uint8)
     nb = mb.shape[0]
     d = _f16_at(mb, kind, "d").astype(np.float32)[:, None]
+    if kind in TERNARY_GGUF_KINDS:  # one d per block, repeated over its compute groups
+        subs = QK_K // GGUF_SUB_BLOCK[kind]
+        return np.repeat(d, subs, axis=1), np.zeros((nb, subs), np.float32)
     if kind in ("q4_0", "q4_1", "q8_0", "q5_0", "q5_1"):
         if kind in ("q4_1", "q5_1"):
             return d, _f16_at(mb, kind, "m").astype(np.float32)[:, None]

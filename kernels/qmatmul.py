@@ -44,6 +44,11 @@ LAYOUT_Q4K = 6
 LAYOUT_Q5K = 7
 LAYOUT_Q6K = 8
 LAYOUT_NF4 = 9  # bitsandbytes NF4: byte j = element 2j (high nibble) | element 2j+1 (low)
+# llama.cpp TQ1_0: qs[48] (5 base-3 digits a byte) then qh[4] (4 a byte), 256-weight blocks read
+# in 32-weight compute groups like the K-quants' sub-blocks. TQ2_0's qs is laid out as Q2_K's
+# (element 128h + 32s + l = bits 2s of byte 32h + l), so it shares LAYOUT_Q2K's decoder.
+LAYOUT_TQ1 = 10
+_TQ1_POW3 = np.array(bp.TQ1_POW3, np.int32)
 _GGUF_LAYOUT = {
     "q4_0": LAYOUT_Q4,
     "q4_1": LAYOUT_Q4,
@@ -55,6 +60,8 @@ _GGUF_LAYOUT = {
     "q4_k": LAYOUT_Q4K,
     "q5_k": LAYOUT_Q5K,
     "q6_k": LAYOUT_Q6K,
+    "tq1_0": LAYOUT_TQ1,
+    "tq2_0": LAYOUT_Q2K,
 }
 
 KINDS = ("affine", "symmetric", *bp.GGUF_KINDS, "nf4")
@@ -69,14 +76,15 @@ class QTensor:
 
     ``words``/``meta`` are the ROM words (the bit-exact image); ``scale`` (fp32 of the fp16
     scale or d; K-quants: fp32 ``d*sc`` per sub-block; NF4: the fp32 absmax), ``zero`` (int32:
-    affine z, 2**(bits-1) for symmetric, 8 for Q4_0, 16 for Q5_0, 4 for Q3_K, 32 for Q6_K, 0
-    otherwise) and ``minimum`` (fp32 of Q4_1/Q5_1's m, ``-dmin*m`` of Q2_K/Q4_K/Q5_K, else 0)
-    are decoded once from ``meta`` -- the hardware's metadata decoder -- and cached as
-    ``[n, n_groups]`` arrays.
+    affine z, 2**(bits-1) for symmetric, 8 for Q4_0, 16 for Q5_0, 4 for Q3_K, 32 for Q6_K, 1 for
+    TQ1_0/TQ2_0, 0 otherwise) and ``minimum`` (fp32 of Q4_1/Q5_1's m, ``-dmin*m`` of
+    Q2_K/Q4_K/Q5_K, else 0) are decoded once from ``meta`` -- the hardware's metadata decoder --
+    and cached as ``[n, n_groups]`` arrays.
 
     ``group_size`` is the *compute* group (scales, activation blocks, the int path's dots): the
     ROM group for every kind but the K-quants, whose compute group is the 16- or 32-weight
-    sub-block of the 256-weight super-block that is their ROM group (:attr:`rom_group_size`).
+    sub-block of the 256-weight super-block that is their ROM group (:attr:`rom_group_size`),
+    and TQ1_0/TQ2_0 (one d per 256-weight block, compute group 32).
     """
 
     kind: str
@@ -106,7 +114,8 @@ class QTensor:
 
     @property
     def rom_group_size(self) -> int:
-        """Weights per ROM group (the layout's ``G``): 256 for K-quants, else ``group_size``."""
+        """Weights per ROM group (the layout's ``G``): 256 for K-quants and TQ1_0/TQ2_0, else
+        ``group_size``."""
         return self.rom_layout.group_size
 
     @property
@@ -327,7 +336,7 @@ def _layout(kind: str, bits: int, group_size: int) -> RomLayout:
 def _decode_group(by, gidx, gbytes, layout, bits, G, q):
     """Decode compute group ``gidx``'s codes (row-major group index) from the byte view of the
     ROM words into ``q[:G]`` (``gbytes``: code bytes per ROM group)."""
-    if layout >= 4:  # K-quants: sub-block j of super-block gidx // subs
+    if layout >= 4:  # K-quants, TQ1_0: sub-block j of super-block gidx // subs
         subs = 256 // G
         base = (gidx // subs) * gbytes
         j0 = (gidx % subs) * G
@@ -412,12 +421,23 @@ def _decode_kquant(by, base, j0, layout, G, q):
             lo = (np.int32(by[base + 32 + 32 * (e >> 6) + (e & 31)]) >> (4 * ((e >> 5) & 1))) & 15
             hb = (np.int32(by[base + (e & 31)]) >> (e >> 5)) & 1
             q[i] = lo | (hb << 4)
-        else:  # Q6_K: ql[128] (e = 128h + 64s + l) then qh[64] (e = 128h + 32t + l)
+        elif layout == 8:  # Q6_K: ql[128] (e = 128h + 64s + l) then qh[64] (e = 128h + 32t + l)
             r = e & 127
             h = e >> 7
             lo = (np.int32(by[base + 64 * h + (r & 63)]) >> (4 * (r >> 6))) & 15
             hi = (np.int32(by[base + 128 + 32 * h + (r & 31)]) >> (2 * (r >> 5))) & 3
             q[i] = lo | (hi << 4)
+        else:  # TQ1_0: digit p of byte v is ((v * 3**p) mod 256) * 3 >> 8 (gguf-py's uint8 math)
+            if e < 160:  # qs[0:32], e = 32p + j
+                v = np.int32(by[base + (e & 31)])
+                p = e >> 5
+            elif e < 240:  # qs[32:48], e = 160 + 16p + j
+                v = np.int32(by[base + 32 + ((e - 160) & 15)])
+                p = (e - 160) >> 4
+            else:  # qh[0:4], e = 240 + 4p + j
+                v = np.int32(by[base + 48 + (e & 3)])
+                p = (e - 240) >> 2
+            q[i] = (((v * _TQ1_POW3[p]) & 255) * 3) >> 8
 
 
 @nb.njit(cache=True)

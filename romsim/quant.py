@@ -16,6 +16,10 @@ Kinds
                 super-blocks (the group) with fp16 d (and dmin for q2_k/q4_k/q5_k) and packed
                 sub-block scales/mins (:attr:`WeightFormat.sub_scale_bits`, ROM rule 9):
                 2.625, 3.4375, 4.5, 5.5, 6.5625 bits/weight.
+- ``tq1_0``, ``tq2_0``  llama.cpp's ternary blocks: 256 weights, one fp16 d, w = d * t with t
+                in {-1, 0, +1}; TQ2_0 stores 2-bit codes (2.0625 bits/weight), TQ1_0 base-3
+                digits, 5 a byte (``packing = "base3"``, 52 code bytes a block: 1.6875
+                bits/weight; ROM rule 9b). Unlike ``ternary`` their scale is per block, in ROM.
 - ``ternary``   BitNet b1.58 (Ma et al. 2024): w = s * t, t in {-1, 0, +1}, one absmean fp16
                 scale ``s`` per *tensor* (``scale_bits`` is its width), so no per-group metadata;
                 the per-tensor scale sits in the cell's dequantizer register, not in ROM words,
@@ -37,7 +41,8 @@ is given). Ideal bits per weight ``(1-f) * (b1 + M1/G) + f * (b2 + M2/G)``. Whic
 wide and how the two classes are dealt to cells: :mod:`romsim.mapping`.
 
 Named formats (:func:`named_quant`): ``wB``, ``wBgG``, ``wBgGs``, ``wBattn-wBmlp``, ``nf4``,
-``q4_0``, ``q4_1``, ``q8_0``, ``q5_0``, ``q5_1``, ``q2_k`` ... ``q6_k``, ``ternary[gG]``, ``ternary-b3[gG]``, and a mix suffix on a plain
+``q4_0``, ``q4_1``, ``q8_0``, ``q5_0``, ``q5_1``, ``q2_k`` ... ``q6_k``, ``tq1_0``, ``tq2_0``,
+``ternary[gG]``, ``ternary-b3[gG]``, and a mix suffix on a plain
 affine/symmetric name: ``<plain>+wBxF`` (``w3g128+w6x0.25``: 25 % of the groups at 6 bits;
 ``F`` a decimal fraction strictly between 0 and 1, the wide groups share ``gG`` and ``s``).
 
@@ -109,6 +114,8 @@ QuantKind = Literal[
     "q4_k",
     "q5_k",
     "q6_k",
+    "tq1_0",
+    "tq2_0",
     "ternary",
 ]
 CodeBits = Literal[2, 3, 4, 5, 6, 8]
@@ -130,7 +137,11 @@ _GGUF_FIXED = {
     "q4_k": (4, 256, 16, 16),
     "q5_k": (5, 256, 16, 16),
     "q6_k": (6, 256, 16, 0),
+    "tq1_0": (2, 256, 16, 0),
+    "tq2_0": (2, 256, 16, 0),
 }
+# the GGUF ternary kinds' fixed packing: TQ1_0's base-3 digits, TQ2_0's 2-bit codes (rule 9b)
+_GGUF_PACKING = {"tq1_0": "base3", "tq2_0": "bits"}
 # Q2_K: 16 x (4-bit scale, 4-bit min); Q3_K: 16 x 6-bit signed scales; Q4_K/Q5_K: 8 x (6-bit
 # scale, 6-bit min); Q6_K: 16 x int8 scales.
 _GGUF_SUB_SCALE_BITS = {"q2_k": 128, "q3_k": 96, "q4_k": 96, "q5_k": 96, "q6_k": 128}
@@ -166,7 +177,12 @@ class WeightFormat(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> WeightFormat:
         given = self.model_fields_set
-        if self.packing != "bits" and self.kind != "ternary":
+        if self.kind in _GGUF_PACKING:
+            want = _GGUF_PACKING[self.kind]
+            if "packing" in given and self.packing != want:
+                raise ValueError(f"{self.kind} is fixed at packing={want!r} (got {self.packing!r})")
+            object.__setattr__(self, "packing", want)
+        elif self.packing != "bits" and self.kind != "ternary":
             raise ValueError(f"packing {self.packing!r} is for ternary weights (kind={self.kind})")
         if self.mix is not None and self.kind not in _MIXABLE:
             raise ValueError(f"mix needs kind affine or symmetric (got {self.kind})")
@@ -254,8 +270,11 @@ class WeightFormat(BaseModel):
 
     @property
     def code_bits_per_weight(self) -> float:
-        """Ideal code bits per weight of one class: ``bits``, or 8/5 for base-3 packing."""
+        """Ideal code bits per weight of one class: ``bits``, or 8/5 for base-3 packing (TQ1_0:
+        its block's whole bytes, ``8 * ceil(256/5) / 256`` = 1.625)."""
         if self.packing == "base3":
+            if self.kind in _GGUF_FIXED:
+                return 8 * math.ceil(self.group_size / TRITS_PER_BYTE) / self.group_size
             return 8 / TRITS_PER_BYTE
         return float(self.bits)
 
@@ -337,7 +356,8 @@ class QuantSpec(BaseModel):
 _NAMED_FORMS = (
     "wB (e.g. w4, B in 2 3 4 5 6 8), wBgG (w4g128), wBgGs (symmetric), wBattn-wBmlp "
     "(w4attn-w2mlp, each part may carry gG), a mix wBgG+wBxF (w3g128+w6x0.25), nf4, q4_0, q4_1, "
-    "q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, ternary, ternary-b3 (each may end in gG)"
+    "q8_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, tq1_0, tq2_0, ternary, ternary-b3 (each may end "
+    "in gG)"
 )
 _RE_PLAIN = re.compile(r"w(\d+)(?:g(\d+))?(s?)(?:\+w(\d+)x(\d*\.\d+))?")
 _RE_SPLIT = re.compile(r"w(\d+)(?:g(\d+))?(s?)attn-w(\d+)(?:g(\d+))?(s?)mlp")

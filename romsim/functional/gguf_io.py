@@ -18,6 +18,7 @@ from romsim.kernels import bitpack as bp
 
 SUPPORTED_TYPES = (
     "F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "TQ1_0", "TQ2_0",
 )  # fmt: skip
 _BLOCK = {"F32": (1, 4), "F16": (1, 2)} | {
     k.upper(): (bp.GGUF_BLOCK_WEIGHTS[k], bp.GGUF_BLOCK_BYTES[k]) for k in bp.GGUF_KINDS

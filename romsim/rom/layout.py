@@ -24,7 +24,9 @@ Rules (``b`` = code bits, ``G`` = group size, ``W`` = word bits, ``M`` = metadat
    words: ``group_bits = 8*ceil(G/5)``, ``words_per_group = ceil(8*ceil(G/5) / W)``. So
    ``G = 160`` (32 bytes) fills 64-bit words exactly (1.6 bits/weight) while ``G = 128`` (26
    bytes -> 4 words) saves nothing over 2-bit codes. 2-bit ternary codes (``packing = "bits"``)
-   follow rule 2 with ``b = 2``. Counting only: the numpy packers refuse base-3.
+   follow rule 2 with ``b = 2``. The numpy code packers (:meth:`RomLayout.pack_codes`) refuse
+   base-3; a base-3 group's bytes still repack to other word widths, and its metadata fields (GGUF
+   TQ1_0, rule 9b) pack as any other.
 4. Metadata field. Per group one ``M = scale_bits + zero_bits (+ sub_scale_bits, rule 9)`` bit field: the scale's bit
    pattern (fp16 by default) in bits ``[0, scale_bits)``, then the zero point (unsigned,
    ``zero_bits`` wide; 0 bits for symmetric and Q4_0/Q8_0; Q4_1 stores its fp16 minimum there)
@@ -75,6 +77,13 @@ Rules (``b`` = code bits, ``G`` = group size, ``W`` = word bits, ``M`` = metadat
    scales/mins): 160, 112, 128, 128, 144 bits, wider than a 64-bit word, so by rule 5 every
    field takes ``ceil(M / W)`` words of its own (3, 2, 2, 2, 3 at ``W = 64``), low word first;
    :meth:`RomLayout.pack_field_bytes` packs such byte fields.
+9b. GGUF ternary blocks (TQ1_0, TQ2_0: ``G = 256``, one fp16 ``d``, ``w = d * (q - 1)`` for a
+   digit ``q``) follow rule 7: the field is ``d`` (``M = 16``, 4 fields a 64-bit word). TQ2_0's
+   stream is ``qs`` (64 B, 2-bit digits laid out as Q2_K's ``qs``: 8 words). TQ1_0's stream is
+   ``qs`` (48 B, 5 base-3 digits a byte) then ``qh`` (4 B, 4 digits a byte), 52 B = 416 bits,
+   which is rule 3b's count for ``G = 256`` (``packing = "base3"``: ``8 * ceil(256 / 5)``;
+   7 words at ``W = 64``, the last half padding); the digits inside are llama.cpp's fixed-point
+   base-3 bytes (:data:`romsim.kernels.bitpack.TQ1_DIGITS`), not rule 3b's digit sums.
 
 8. Mixed widths (a :class:`romsim.quant.WeightFormat` with ``mix``): the matrix's groups form two
    classes, each a layout of its own (:meth:`RomLayout.for_format` of ``base_format`` and
@@ -238,8 +247,11 @@ class RomLayout:
         return word * self.words_per_meta, slot * self.meta_bits
 
     # ---- packing (numpy words) -----------------------------------------------------------------
-    def _check_packable(self) -> None:
-        if self.packing != "bits":
+    def _check_packable(self, codes: bool = False) -> None:
+        """Refuse what numpy words cannot hold: base-3 codes (``codes``: the code packers only;
+        a base-3 stream's bytes repack and its fields pack, rule 9b), formats without per-group
+        metadata, word widths outside :data:`PACKABLE_WORD_BITS`."""
+        if codes and self.packing != "bits":
             raise ValueError(
                 "base-3 (ternary) packing is counted only; the numpy packers refuse it"
             )
@@ -320,7 +332,7 @@ class RomLayout:
     def pack_codes(self, codes: np.ndarray) -> np.ndarray:
         """Rules 1-3: unsigned codes ``[N, K]`` -> words ``uint64[N * ceil(K/G) *
         words_per_group]`` (groups row-major, each word-aligned, short groups zero-padded)."""
-        self._check_packable()
+        self._check_packable(codes=True)
         codes = np.asarray(codes)
         if codes.ndim != 2:
             raise ValueError(f"codes must be 2-D [N, K], got shape {codes.shape}")
@@ -334,7 +346,7 @@ class RomLayout:
 
     def unpack_codes(self, words: np.ndarray, n: int, k: int) -> np.ndarray:
         """Inverse of :meth:`pack_codes`: ``uint8[N, K]``."""
-        self._check_packable()
+        self._check_packable(codes=True)
         ng = -(-k // self.group_size)
         want = self.code_words(n * ng)
         words = np.asarray(words, dtype=np.uint64).reshape(-1)
