@@ -97,6 +97,9 @@ class QTensor:
     scale: np.ndarray = field(repr=False)
     zero: np.ndarray = field(repr=False)
     minimum: np.ndarray = field(repr=False)
+    # (key, pack): the row-interleaved copy the int16-lane GEMVs read (gemv_pack); host-side
+    # speed only, never part of the ROM image, built lazily by qmatmul and freed with the object.
+    _gemv_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_groups(self) -> int:
@@ -142,6 +145,41 @@ class QTensor:
 
     def code_bytes(self) -> np.ndarray:
         return self.words.view(np.uint8)
+
+    def gemv_pack(self) -> tuple | None:
+        """The row-interleaved copy read by the int16-lane GEMVs (:func:`qmatmul` with M = 1 on
+        the int path), or None where they do not apply (other kinds, ``n % RC != 0``).
+
+        Q4_0/Q4_1: ``(P, scale_t, zero_t, min_t)``, ``P[b, g, j, r]`` = code byte ``j`` of group
+        ``g`` of row ``b*RC + r`` (uint8 ``[n/RC, ng, 16, RC]``), metadata as ``[n/RC, ng, RC]``
+        (the unused one of zero/min a dummy); Q8_0: ``(P, scale_t)`` with the int8 codes
+        ``[n/RC, ng, 32, RC]``. One more copy of the code bytes plus one or two fp32/int32
+        metadata transposes (SmolLM2-135M: 111.5 MB for its 210 Q4_1 matrices and the Q8_0
+        lm_head, next to its 96.4 MB ROM image), so it is built on the first M = 1 int-path call
+        only (never for the float or the large-M BLAS path), cached on this object (rebuilt if
+        ``words`` or the metadata arrays are replaced; in-place edits are not seen) and freed with
+        it or by :meth:`drop_gemv_pack`."""
+        if self.n % RC or self.kind not in ("q4_0", "q4_1", "q8_0"):
+            return None
+        key = (self.words, self.scale, self.zero, self.minimum)
+        c = self._gemv_cache
+        if c is not None and all(u is v for u, v in zip(c[0], key, strict=True)):
+            return c[1]
+        self._gemv_cache = None  # free a stale pack before building its successor
+        pack = _build_gemv_pack(self)
+        self._gemv_cache = (key, pack)
+        return pack
+
+    def drop_gemv_pack(self) -> None:
+        """Free the cached :meth:`gemv_pack` (the next M = 1 int-path call rebuilds it)."""
+        self._gemv_cache = None
+
+    @property
+    def gemv_pack_bytes(self) -> int:
+        """Bytes held by the cached :meth:`gemv_pack` (0 when none is built)."""
+        if self._gemv_cache is None:
+            return 0
+        return int(sum(a.nbytes for a in self._gemv_cache[1]))
 
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
@@ -628,6 +666,117 @@ def _qmv_s4_int(by, G, gbytes, scale, zero, a, S, P2, out):
         out[n] = acc
 
 
+# Row-interleaved int16-lane GEMVs (M = 1, int path, Q4_0/Q4_1/Q8_0, n % RC == 0). The kernels
+# above reduce one row at a time: Numba widens their int32 dot to int64 lanes and ends every
+# 32-weight group with a horizontal reduction. Here the codes of RC consecutive rows are
+# interleaved per group (QTensor.gemv_pack), so the dot of one group runs across RC rows at once
+# in int16 lanes with no reduction; then each row gets exactly the fp32 combine of the kernels
+# above, in the same order (groups in increasing K order, no fastmath), so the outputs are the
+# same bits. RC must stay a compile-time constant (a global): with a runtime trip count LLVM
+# keeps the row loops in int64 lanes. Nothing here assumes an ISA beyond what LLVM picks for the
+# host (SSE2 / AVX2 / AVX-512 alike).
+RC = 32
+
+# Exactness of the int16 lanes. Every intermediate wraps modulo 2**16 (integer casts truncate),
+# so a lane is exact as long as the *true* value it must finally hold fits in int16:
+# * Q4: a half-group dot sum_{j<16} q_j*m_j with 4-bit codes q <= 15 and int8 mantissas
+#   |m| <= 128 is at most 16*15*128 = 30,720 < 2**15 (the hardware's mantissas: |m| <= 127);
+# * Q8_0: a pair q0*m0 + q1*m1 with q in [-128, 127] is at most 2*128*127 = 32,512 < 2**15 for
+#   |m| <= 127, the quantizer's range (act_bits <= 8); an int8 activation holding -128 could
+#   reach 2*128*128 = 2**15, so qmatmul checks for it and falls back to _qmv_q8_int. Pairs are
+#   widened into an int32 accumulator (|D| <= 32*128*127 = 520,192).
+_Q4_HALF_DOT_MAX = 16 * 15 * 128
+_Q8_PAIR_MAX = 2 * 128 * 127
+assert _Q4_HALF_DOT_MAX < 2**15 and _Q8_PAIR_MAX < 2**15
+
+
+def _rows_t(m: np.ndarray, dtype) -> np.ndarray:
+    """``[n, ng]`` metadata as ``[n/RC, ng, RC]`` (row-interleaved like the codes)."""
+    n, ng = m.shape
+    return np.ascontiguousarray(np.asarray(m, dtype).reshape(n // RC, RC, ng).transpose(0, 2, 1))
+
+
+def _build_gemv_pack(qt: QTensor) -> tuple:
+    n, ng = qt.n, qt.n_groups
+    sc = _rows_t(qt.scale, np.float32)
+    if qt.layout == LAYOUT_Q8:
+        sby = qt.code_bytes().view(np.int8)
+        P = np.ascontiguousarray(sby.reshape(n // RC, RC, ng, 32).transpose(0, 2, 3, 1))
+        return P, sc
+    P = np.ascontiguousarray(qt.code_bytes().reshape(n // RC, RC, ng, 16).transpose(0, 2, 3, 1))
+    if qt.has_min:
+        return P, sc, np.zeros((1, 1, RC), np.int32), _rows_t(qt.minimum, np.float32)
+    return P, sc, _rows_t(qt.zero, np.int32), np.zeros((1, 1, RC), np.float32)
+
+
+@nb.njit(parallel=True, cache=True)
+def _qmv_q4_int_rows(P, scale_t, zero_t, min_t, has_min, a, S, P2, out):
+    # P[b, g, j, r]: byte j (element j low nibble, j+16 high) of group g of row b*RC + r
+    NB, ng = P.shape[0], P.shape[1]
+    for b in nb.prange(NB):
+        acc = np.zeros(RC, np.float32)
+        dlo = np.empty(RC, np.int16)
+        dhi = np.empty(RC, np.int16)
+        for g in range(ng):
+            for r in range(RC):
+                dlo[r] = 0
+                dhi[r] = 0
+            for j in range(16):
+                xa = np.int16(a[g * 32 + j])
+                xb = np.int16(a[g * 32 + 16 + j])
+                row = P[b, g, j]
+                for r in range(RC):
+                    c = row[r]
+                    dlo[r] += np.int16(np.int16(c & np.uint8(15)) * xa)
+                    dhi[r] += np.int16(np.int16(c >> np.uint8(4)) * xb)
+            e2 = P2[g]
+            scr = scale_t[b, g]
+            if has_min:  # Q4_1: p = fp32(D)*d; p = p + fp32(S)*m
+                sg = np.float32(S[g])
+                mr = min_t[b, g]
+                for r in range(RC):
+                    d = np.int32(dlo[r]) + np.int32(dhi[r])
+                    p = np.float32(d) * scr[r]
+                    p = p + sg * mr[r]
+                    acc[r] += p * e2
+            else:  # Q4_0: p = fp32(D - z*S)*d
+                si = S[g]
+                zr = zero_t[b, g]
+                for r in range(RC):
+                    d = np.int32(dlo[r]) + np.int32(dhi[r])
+                    p = np.float32(d - zr[r] * si) * scr[r]
+                    acc[r] += p * e2
+        for r in range(RC):
+            out[b * RC + r] = acc[r]
+
+
+@nb.njit(parallel=True, cache=True)
+def _qmv_q8_int_rows(P, scale_t, a, P2, out):
+    # P[b, g, j, r]: int8 code j of group g of row b*RC + r; needs |a| <= 127 (see above)
+    NB, ng = P.shape[0], P.shape[1]
+    for b in nb.prange(NB):
+        acc = np.zeros(RC, np.float32)
+        d = np.empty(RC, np.int32)
+        for g in range(ng):
+            for r in range(RC):
+                d[r] = 0
+            for j in range(0, 32, 2):
+                x0 = np.int16(a[g * 32 + j])
+                x1 = np.int16(a[g * 32 + j + 1])
+                r0 = P[b, g, j]
+                r1 = P[b, g, j + 1]
+                for r in range(RC):
+                    t = np.int16(np.int16(r0[r]) * x0) + np.int16(np.int16(r1[r]) * x1)
+                    d[r] += np.int32(np.int16(t))
+            e2 = P2[g]
+            scr = scale_t[b, g]
+            for r in range(RC):
+                p = np.float32(d[r]) * scr[r]  # z = 0: fp32(D - 0*S) * d
+                acc[r] += p * e2
+        for r in range(RC):
+            out[b * RC + r] = acc[r]
+
+
 @nb.njit(parallel=True, cache=True)
 def _decode_codes_f32(by, layout, bits, G, gbytes, n0, n1, ng, out):
     """Codes of rows ``n0 .. n1-1`` as exact fp32 integers, ``out[n1-n0, ng*G]``."""
@@ -847,6 +996,23 @@ def _check_int(qt: QTensor) -> None:
         raise ValueError(NF4_INT_REFUSAL)
 
 
+# The row-interleaved int16-lane GEMVs (_qmv_q4_int_rows, _qmv_q8_int_rows) for M = 1 on the
+# int path; False runs the per-row kernels _qmv_q4_int / _qmv_q8_int instead (same bits; for
+# comparisons, or to avoid the pack's memory).
+INT16_GEMV = True
+
+
+def _int16_gemv_pack(qt: QTensor, a: np.ndarray) -> tuple | None:
+    """The pack for an int16-lane GEMV of ``qt`` with mantissas ``a``, or None (then the per-row
+    kernels run): Q4_0/Q4_1/Q8_0, ``n % RC == 0``, int8 mantissas (act_bits <= 8), and for
+    Q8_0 none equal to -128 (the quantizer never writes it; a caller's ``act`` might)."""
+    if not INT16_GEMV or qt.n % RC or qt.kind not in ("q4_0", "q4_1", "q8_0"):
+        return None
+    if a.dtype != np.int8 or (qt.layout == LAYOUT_Q8 and a.size and a.min() < -127):
+        return None
+    return qt.gemv_pack()
+
+
 def qmatmul(
     qt: QTensor, x: np.ndarray, path: str = "float", act_bits: int = 8, act=None
 ) -> np.ndarray:
@@ -897,7 +1063,12 @@ def qmatmul(
         a, s, p2 = (
             act if act is not None else quantize_act(x2, qt.k_padded, qt.group_size, act_bits)
         )
-        if x2.shape[0] == 1 and qt.layout == LAYOUT_Q8 and act_bits <= 8:
+        pack = _int16_gemv_pack(qt, a) if x2.shape[0] == 1 and act_bits <= 8 else None
+        if pack is not None and qt.layout == LAYOUT_Q8:
+            _qmv_q8_int_rows(*pack, a[0], p2[0], out[0])
+        elif pack is not None:
+            _qmv_q4_int_rows(*pack, qt.has_min, a[0], s[0], p2[0], out[0])
+        elif x2.shape[0] == 1 and qt.layout == LAYOUT_Q8 and act_bits <= 8:
             _qmv_q8_int(qt.code_bytes().view(np.int8), 32, _meta_args(qt)[5], a[0], p2[0], out[0])
         elif (
             x2.shape[0] == 1
