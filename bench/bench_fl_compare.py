@@ -98,7 +98,7 @@ def paired(res_path: Path, out_root: Path, config: str) -> None:
 
     results = json.loads(res_path.with_suffix(".json").read_text())
     cfg = load_fl_config(config)
-    bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads)
+    bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads, cfg.train)
     right: dict[str, np.ndarray] = {}
     for r in results:
         out = out_root / f"{r['partition']}-{r['strategy']}-{r['pattern']}"

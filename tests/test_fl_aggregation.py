@@ -38,15 +38,21 @@ def test_layerwise_disjoint_layer_sets_take_each_clients_values():
     assert counts["3.q.A"] == 0
 
 
-def test_layerwise_overlap_is_example_weighted_over_exactly_the_trainers():
+def test_layerwise_overlap_is_a_mean_over_exactly_the_trainers():
     g = _glob()
     ups = [
         ClientUpdate(0, 10, {"0.q.A": _arr(1), "1.q.A": _arr(1)}),
         ClientUpdate(1, 30, {"0.q.A": _arr(5)}),
     ]
+    # default: unweighted per-key mean, as the official Fed-HeLLo code
     new, counts = layerwise_fedavg(g, ups)
-    np.testing.assert_allclose(new["0.q.A"], _arr(4.0))  # (10*1 + 30*5) / 40
+    np.testing.assert_allclose(new["0.q.A"], _arr(3.0))  # (1 + 5) / 2
     np.testing.assert_allclose(new["1.q.A"], _arr(1.0))  # client 1 did not train it
+    assert counts["0.q.A"] == 2 and counts["1.q.A"] == 1
+    # the option: weighted by training examples (romsim's earlier default)
+    new, counts = layerwise_fedavg(g, ups, weights="examples")
+    np.testing.assert_allclose(new["0.q.A"], _arr(4.0))  # (10*1 + 30*5) / 40
+    np.testing.assert_allclose(new["1.q.A"], _arr(1.0))
     assert counts["0.q.A"] == 2 and counts["1.q.A"] == 1
 
 

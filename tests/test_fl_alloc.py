@@ -57,11 +57,13 @@ def test_rgd_hla_is_seeded_and_respects_budgets():
     assert c[:10].sum() > 2 * c[-10:].sum()
 
 
-def test_fim_hla_takes_top_scored_layers():
+def test_fim_topk_takes_top_scored_layers():
+    # romsim's earlier FIM-HLA reading (fim_mode = "probe-topk"); the published FIM-HLA
+    # samples from a Fisher-group prior (tests/test_fl_fedhello.py)
     s = np.arange(N, dtype=float)[::-1]  # layer 0 scores highest
-    assert A.fim_hla(s, [3, 1]) == [[0, 1, 2], [0]]
+    assert A.fim_topk(s, [3, 1]) == [[0, 1, 2], [0]]
     per_client = np.stack([s, s[::-1]])
-    assert A.fim_hla(per_client, [2, 2]) == [[0, 1], [28, 29]]
+    assert A.fim_topk(per_client, [2, 2]) == [[0, 1], [28, 29]]
 
 
 def test_homogeneous_is_the_weakest_budget_on_top_layers():

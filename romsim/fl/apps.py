@@ -64,7 +64,7 @@ def _client_state(cfg_json: str, partition_id: int):
     from romsim.fl.train import load_bundle
 
     cfg = fl_config_from_dict(json.loads(cfg_json))
-    bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads)
+    bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads, cfg.train)
     ds = load_dataset(cfg.data)
     pool, _aux = server_holdout(ds.train, cfg.masa_aux_count())
     parts = partition(pool, cfg.n_clients, cfg.data.partition, cfg.data.alpha, cfg.data.seed)

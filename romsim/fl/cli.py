@@ -1,5 +1,7 @@
 """``romsim fl run [--config fl.toml] [--resume] [--out DIR]``: a federated QLoRA fine-tune in
-Flower's simulation engine. torch and flwr load only when the command runs."""
+Flower's simulation engine. ``romsim fl trace-leak ADAPTER [--run DIR | --config fl.toml]``:
+which client of a TraMark run an exported adapter came from. torch and flwr load only when a
+command runs."""
 
 from __future__ import annotations
 
@@ -19,7 +21,48 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--defense", help="override strategy.defense (docs/robust.md)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_fl_run)
+    t = sub.add_parser("trace-leak", help="name the client a leaked adapter of a TraMark run "
+                       "came from (black-box queries of every client's watermark triggers)")  # fmt: skip
+    t.add_argument("adapter", metavar="ADAPTER",
+                   help="a PEFT adapter folder (e.g. RUN/tramark/client-03)")  # fmt: skip
+    t.add_argument("--run", help="the run's output folder (its config.json); default: the "
+                   "first parent folder of ADAPTER with a config.json")  # fmt: skip
+    t.add_argument("--config", help="the run's FL TOML instead of --run's config.json")
+    t.add_argument("--reference", help="the un-watermarked global adapter whose answers are "
+                   "subtracted (default: RUN/adapter when it exists)")  # fmt: skip
+    t.add_argument("--raw", action="store_true",
+                   help="no reference: raw trigger accuracies (the official criterion)")  # fmt: skip
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=cmd_fl_trace_leak)
     return fl
+
+
+def cmd_fl_trace_leak(args: argparse.Namespace) -> int:
+    from romsim import jsonout
+    from romsim.fl.quiet import quiet_third_party
+    from romsim.fl.tramark import find_run, run_config_for, trace_leak
+
+    quiet_third_party()
+    run = find_run(args.adapter, args.run)
+    cfg = run_config_for(run, args.config)
+    ref = args.reference
+    if ref is None and not args.raw and run is not None and (run / "adapter").is_dir():
+        ref = str(run / "adapter")
+    res = trace_leak(args.adapter, cfg, None if args.raw else ref)
+    if args.json:
+        print(jsonout.dumps(res))
+        return 0
+    who = "no single client (tie)" if res["client"] is None else f"client {res['client']}"
+    how = "raw" if res["reference"] is None else f"minus reference {res['reference']}"
+    print(f"{res['adapter']}: came from {who}: score {res['score']:+.3f}, runner-up client "
+          f"{res['runner_up']} {res['runner_up_score']:+.3f}, margin {res['margin']:.3f} nats "
+          f"({res['queries']} queries; target log-prob margins, {how})")  # fmt: skip
+    ref_a = res["reference_trigger_accuracy"] or {}
+    for c, m in res["margins"].items():
+        extra = f" (reference {ref_a[c]:.3f})" if c in ref_a else ""
+        print(f"  client {c}: score {m:+.3f}, trigger accuracy "
+              f"{res['trigger_accuracy'][c]:.3f}{extra}")  # fmt: skip
+    return 0
 
 
 def cmd_fl_run(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from romsim.errors import RomsimInputError, from_validation_error
 from romsim.paths import read_user_text
 
-STRATEGIES = ("fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 # Sane upper bounds (documented in docs/federated.md, "What happens on bad input").
@@ -93,6 +92,27 @@ class TrainSection(_Strict):
                          description="sequence length the device cost model assumes")  # fmt: skip
     torch_threads: int = Field(2, ge=1, le=MAX_THREADS)
     eval_batch: int = Field(32, ge=1, le=MAX_BATCH)
+    # The frozen base's arithmetic (romsim.fl.chip_numerics): float32 copies of the ROM codes,
+    # the chip's own datapath, or bitsandbytes' NF4 QLoRA recipe (the reference).
+    numerics: Literal["fp32", "chip", "nf4-bnb"] = "fp32"
+    act_bits: int = Field(8, ge=2, le=16, description="chip numerics: activation BFP mantissa")
+    grad_bits: int | None = Field(None, ge=2, le=16,
+                                  description="chip numerics: output-gradient BFP mantissa "
+                                  "(default: act_bits)")  # fmt: skip
+    lora_format: Literal["fp8", "fp32"] = "fp8"
+    kv_format: Literal["bfp8", "fp16", "fp32"] = "bfp8"
+    kv_group: int = Field(8, ge=1, le=128, description="chip numerics: KV values per exponent")
+
+    def chip_formats(self):
+        from romsim.fl.chip_numerics import ChipFormats
+
+        return ChipFormats(
+            act_bits=self.act_bits,
+            grad_bits=self.grad_bits or self.act_bits,
+            lora_format=self.lora_format,
+            kv_format=self.kv_format,
+            kv_group=self.kv_group,
+        )
 
     def steps_for(self, n_examples: int) -> int:
         """Local optimizer steps of a client holding ``n_examples`` examples."""
@@ -102,16 +122,29 @@ class TrainSection(_Strict):
 
 
 class StrategySection(_Strict):
-    name: Literal["fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot"] = "fed-pilot"
+    # fedra, hetlora, exclusive, straggler: the Fed-HeLLo paper's baselines (docs/federated.md)
+    name: Literal["fedavg", "gd-hla", "rgd-hla", "fim-hla", "fed-pilot", "fedra", "hetlora",
+                  "exclusive", "straggler"] = "fed-pilot"  # fmt: skip
     pattern: Literal["uniform", "triangle", "inverted", "bottleneck"] = "triangle"
     fraction: float = Field(1.0, gt=0, le=1, description="share of clients sampled per round")
     score_batches: int = Field(1, ge=1, le=1000,
                                description="probe batches for gradient-norm scores")  # fmt: skip
     fim_per_client: bool = False
+    # FIM-HLA: "server" = as published (server-side Fisher on held-out data, three groups,
+    # sampled); "probe-topk" = romsim's earlier reading (client probe, top k_i layers)
+    fim_mode: Literal["server", "probe-topk"] = "server"
+    fim_samples: int = Field(100, ge=1, le=MAX_EXAMPLES,
+                             description="held-out examples of the server's Fisher scores")  # fmt: skip
+    fim_prior_rounds: int = Field(50, ge=0, le=MAX_ROUNDS,
+                                  description="rounds on the pattern prior before the first Fisher refresh")  # fmt: skip
+    fim_every: int = Field(50, ge=1, le=MAX_ROUNDS, description="Fisher refresh period (rounds)")
+    fim_persist: bool = False  # keep the Fisher prior until the next refresh (official: no)
     pilot_gamma: float = Field(0.5, ge=0, le=1)
     stagg_mu: float = Field(0.5, ge=0, le=1)
     stagg_rho: float = Field(0.5, ge=0, le=1)
-    aggregation: Literal["auto", "layerwise", "stagg"] = "auto"
+    aggregation: Literal["auto", "layerwise", "stagg", "hetlora"] = "auto"
+    # per-key mean: "uniform" (the official Fed-HeLLo code) or by client training examples
+    aggregation_weights: Literal["uniform", "examples"] = "uniform"
     # robust aggregation (docs/robust.md); the defaults are the official codes'
     defense: Literal["none", "lasa", "alignins", "masa", "median", "trimmed", "krum",
                      "multikrum", "bulyan"] = "none"  # fmt: skip
@@ -201,6 +234,22 @@ class AttackerSection(_Strict):
         return self
 
 
+class TraMarkSection(_Strict):
+    """``[tramark]``: traceable per-client watermarks (TraMark; docs/robust.md)."""
+
+    enabled: bool = False
+    watermark_fraction: float = Field(0.01, gt=0, le=0.5,
+                                      description="share of each LoRA tensor watermarked")  # fmt: skip
+    trigger_set_size: int = Field(16, ge=1, le=10_000,
+                                  description="trigger -> answer items per client")  # fmt: skip
+    inject_steps: int = Field(40, ge=1, le=MAX_LOCAL_STEPS)
+    inject_lr: float = Field(1e-2, gt=0, le=1, description="AdamW learning rate, in (0, 1]")
+    inject_batch: int = Field(8, ge=1, le=MAX_BATCH)
+    warmup_rounds: int = Field(1, ge=1, le=MAX_ROUNDS,
+                               description="plain rounds before the regions are split")  # fmt: skip
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="numpy/torch seed range")
+
+
 class FLConfig(_Strict):
     """Every default is the documented default run (configs/fl-default.toml; a test keeps the
     two equal), so ``romsim fl run`` without ``--config`` runs it."""
@@ -240,6 +289,7 @@ class FLConfig(_Strict):
     simulation: SimulationSection = SimulationSection()
     faults: tuple[FaultSection, ...] = ()
     attackers: tuple[AttackerSection, ...] = ()
+    tramark: TraMarkSection = TraMarkSection()
 
     @property
     def n_clients(self) -> int:
@@ -281,6 +331,21 @@ class FLConfig(_Strict):
                     f"the run has {self.run.rounds} rounds (0: every round)",
                 )
         self._check_attackers(n)
+        if self.train.numerics == "chip":
+            for i, d in enumerate(self.devices):
+                ab = d.overrides.get("cell.act_bits")
+                if ab is not None and ab != self.train.act_bits:
+                    raise RomsimInputError(f"devices.{i}.overrides.cell.act_bits", ab,
+                                           f"must equal train.act_bits ({self.train.act_bits}) "
+                                           "when train.numerics = 'chip'")  # fmt: skip
+        if self.tramark.enabled and self.tramark.warmup_rounds >= self.run.rounds:
+            raise RomsimInputError("tramark.warmup_rounds", self.tramark.warmup_rounds,
+                                   f"must be < run.rounds ({self.run.rounds}): watermarks "
+                                   "are injected after the warm-up")  # fmt: skip
+        if self.tramark.enabled and self.strategy.name == "hetlora":
+            raise RomsimInputError("tramark.enabled", True,
+                                   "TraMark's personalized adapters do not combine with "
+                                   "strategy.name = 'hetlora' (rank-truncated adapters)")  # fmt: skip
         return self
 
     def _check_attackers(self, n: int) -> None:

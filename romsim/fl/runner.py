@@ -11,6 +11,7 @@ Output folder::
     metrics.png         accuracy / eval loss vs round and vs simulated time
     checkpoint/         state.json + round-NNNN.npz (global adapter + strategy state)
     adapter/            final global adapter, PEFT format (PeftModel.from_pretrained)
+    tramark/            with [tramark]: client-NN/ personalized adapters + watermarks.json
     log.txt             the run's log
 """
 
@@ -36,10 +37,21 @@ CSV_FIELDS = (
     "round_time_s", "sim_time_s", "round_energy_j", "energy_j", "bytes_up", "bytes_down",
     "trained_layers_mean", "host_wall_s", "backdoor_success", "detect_precision",
     "detect_recall", "defense_s",
+    # [tramark] (romsim.fl.tramark.TraMarkServer.CSV)
+    "wm_success", "wm_cross", "wm_base", "trace_rate", "wm_main_acc", "wm_acc_cost", "tramark_s",
 )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ helpers
+def _numerics_overrides(cfg, overrides) -> dict:
+    """A chip-numerics run trains at ``train.act_bits``: the devices' cost model uses the same
+    activation width (``cell.act_bits``); FLConfig refuses a device class that says otherwise."""
+    out = dict(overrides)
+    if cfg.train.numerics == "chip":
+        out["cell.act_bits"] = cfg.train.act_bits
+    return out
+
+
 def make_devices(cfg):
     """The run's clients as :class:`romsim.fl.devices.Device` (class order)."""
     from romsim.fl.devices import DeviceClassSpec, Link, build_devices
@@ -49,7 +61,7 @@ def make_devices(cfg):
             name=d.name,
             chip=d.chip,
             count=d.count,
-            overrides=dict(d.overrides),
+            overrides=_numerics_overrides(cfg, d.overrides),
             link=Link(d.link.uplink_bps, d.link.downlink_bps, d.link.latency_s),
         )
         for d in cfg.devices
@@ -234,9 +246,16 @@ def _check_planner_arrays(npz: Path, arrs: dict[str, np.ndarray],
     last = {k[len("last/") :]: v for k, v in arrs.items() if k.startswith("last/")}
     _check_arrays(npz, "planner/last/", last, shapes, exact=False)
     other = sorted(set(arrs) - {f"stagg/{k}" for k in stagg} - {f"last/{k}" for k in last}
-                   - {"norms/keys", "norms/values"})  # fmt: skip
+                   - {"norms/keys", "norms/values", "fim/prior"})  # fmt: skip
     if other:
         raise _bad(npz, "planner/" + other[0], None, "is not a strategy state tensor")
+    if "fim/prior" in arrs:  # FIM-HLA's kept Fisher prior (fim_persist)
+        fp = arrs["fim/prior"]
+        n_layers = len({k.split(".")[0] for k in shapes})
+        if (fp.shape != (n_layers,) or not np.issubdtype(fp.dtype, np.floating)
+                or not np.all(np.isfinite(fp)) or np.any(fp < 0) or not fp.sum() > 0):  # fmt: skip
+            raise _bad(npz, "planner/fim/prior", tuple(fp.shape),
+                       f"must be {n_layers} finite non-negative layer probabilities")  # fmt: skip
     if ("norms/keys" in arrs) != ("norms/values" in arrs):
         raise _bad(npz, "planner/norms", sorted(arrs), "needs both norms/keys and norms/values")
     if "norms/keys" in arrs:
@@ -282,6 +301,9 @@ def preflight(cfg, out: str | Path, resume: bool, field: str = "--out"):
     second: devices, the model file, the output folder and, on resume, the whole checkpoint.
     Returns the validated checkpoint (see :func:`read_checkpoint`) or None (a fresh start)."""
     devices = make_devices(cfg)
+    from romsim.fl.strategy import check_strategy
+
+    check_strategy(cfg, devices)
     _check_model_file(cfg)
     out_p = Path(out)
     if check_run_folder(out_p, resume, field):
@@ -377,11 +399,12 @@ class ServerLoop:
         from romsim.fl.attacks import Adversary, attacker_ids, auto_target, backdoor_test_set
         from romsim.fl.data import load_dataset, server_holdout
         from romsim.fl.defenses import detection
-        from romsim.fl.strategy import Planner, module_keys
+        from romsim.fl.strategy import Planner, fisher_holdout, module_keys
         from romsim.fl.train import (
             adapter_shapes,
             evaluate,
             export_peft,
+            fisher_scores,
             init_adapter,
             load_bundle,
             set_adapter,
@@ -396,10 +419,11 @@ class ServerLoop:
         _setup_file_log(self.out / "log.txt")
         cdig = config_digest(cfg)
         devices = make_devices(cfg)
-        bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads)
+        bundle = load_bundle(cfg.model, cfg.lora, cfg.train.torch_threads, cfg.train)
         planner = Planner(cfg.strategy, devices, bundle.n_layers, cfg.run.seed)
         ds = load_dataset(cfg.data)
         test = ds.test[: cfg.data.eval_examples]
+        fim_set = fisher_holdout(cfg, ds.test)  # FIM-HLA's server-side held-out items
         pool, aux = server_holdout(ds.train, cfg.masa_aux_count())
         adversary = Adversary(attacker_ids(cfg.attackers, cfg.n_clients, cfg.run.seed),
                               cfg.run.seed)  # fmt: skip
@@ -421,6 +445,13 @@ class ServerLoop:
             s = cfg.strategy
             return unlearn_loss(bundle, aux, s.masa_epochs, s.masa_batch, s.masa_lr, cfg.run.seed)
 
+        tramark = None
+        if cfg.tramark.enabled:  # per-client watermarks (romsim.fl.tramark)
+            from romsim.fl.tramark import TraMarkServer
+
+            tramark = TraMarkServer(cfg)
+        self.tramark = tramark
+
         rows: list[dict] = []
         details: list[dict] = []
         start = 1
@@ -428,6 +459,8 @@ class ServerLoop:
             # the real model's shapes are the authority (the spec's were checked before Ray)
             st, glob, planner_arrays = read_checkpoint(ck, cfg, adapter_shapes(bundle))
             planner.load_state_arrays(planner_arrays)
+            if tramark is not None:
+                tramark.load(ck, st["round"], adapter_shapes(bundle))
             rows, details = st["rows"], st["details"]
             start = st["round"] + 1
             log.info("resuming %s after round %d", self.out, st["round"])
@@ -462,11 +495,14 @@ class ServerLoop:
                 scores: dict[int, dict[str, float]] = {}
                 probe: dict[int, dict[str, float]] = {}
                 dropped: list[dict] = []
+                tm_recs = None  # TraMark: each client's personalized adapter instead of glob
+                if tramark is not None and tramark.active:
+                    tm_recs = {c: _arrays_record(tramark.personal(c, glob)) for c in cids}
                 if planner.needs_scores:
                     gl_rec = _arrays_record(glob)
-                    reps = self._send(nodes, "query", lambda c, rnd=rnd, g=gl_rec: RecordDict({
+                    reps = self._send(nodes, "query", lambda c, rnd=rnd, g=gl_rec, t=tm_recs: RecordDict({
                         "config": self._config_record(action="score", round=rnd, cid=c),
-                        "global": g}), rnd)  # fmt: skip
+                        "global": g if t is None else t[c]}), rnd)  # fmt: skip
                     for c in cids:
                         r = reps.get(c)
                         if r is None or r.has_error():
@@ -476,12 +512,25 @@ class ServerLoop:
                         sc = r.content["scores"]
                         scores[c] = dict(zip(sc["keys"], sc["values"], strict=True))
                         probe[c] = dict(r.content["metrics"])
-                assign = planner.assign(rnd, cids, scores)
+                fisher = None  # FIM-HLA refresh: the server's Fisher scores on held-out items
+                if planner.fisher_round(rnd):
+                    t_f = time.time()
+                    set_adapter(bundle, glob)
+                    fisher = fisher_scores(bundle, fim_set)
+                    log.info("round %d: server Fisher scores on %d held-out items, %.1f s",
+                             rnd, len(fim_set), time.time() - t_f)  # fmt: skip
+                assign = planner.assign(rnd, cids, scores, fisher)
+                if planner.fim_note is not None:
+                    log.info("round %d: FIM-HLA groups %s", rnd, planner.fim_note["groups"])
                 gl_rec = _arrays_record(glob)
-                reps = self._send(nodes, "train", lambda c, rnd=rnd, g=gl_rec, a=assign: RecordDict({
+                sent = tm_recs  # per-client adapters instead of glob: TraMark's, or HetLoRA's
+                views = planner.client_globals(glob, cids)  # rank-truncated copies
+                if sent is None and views:
+                    sent = {c: _arrays_record(views[c]) if c in views else gl_rec for c in cids}
+                reps = self._send(nodes, "train", lambda c, rnd=rnd, g=gl_rec, a=assign, s=sent: RecordDict({
                     "config": self._config_record(
                         round=rnd, cid=c, modules=[f"{m[0]}.{m[1]}" for m in a[c]]),
-                    "global": g}), rnd)  # fmt: skip
+                    "global": g if s is None else s[c]}), rnd)  # fmt: skip
                 updates, per_client = [], []
                 for c in cids:
                     r = reps.get(c)
@@ -511,11 +560,14 @@ class ServerLoop:
                     m["class"] = devices[c].klass
                     updates.append(upd)
                     per_client.append(m)
+                raw = {u.cid: u.arrays for u in updates}  # as trained (TraMark keeps its W)
                 bad_ids = adversary.ids(rnd, [u.cid for u in updates])
                 attack_notes: list[dict] = []
                 if bad_ids:
                     updates, attack_notes = adversary.craft(rnd, glob, updates,
                                                             planner.last_update)  # fmt: skip
+                if tramark is not None:  # aggregate the main region only
+                    updates = tramark.strip(updates, glob)
                 defense_rep, det = None, {"precision": float("nan"), "recall": float("nan")}
                 if updates:
                     glob, _counts = planner.aggregate(glob, updates, len(bad_ids), unlearn)
@@ -540,12 +592,21 @@ class ServerLoop:
                 row["detect_precision"] = det["precision"]
                 row["detect_recall"] = det["recall"]
                 row["defense_s"] = defense_rep["seconds"] if defense_rep else 0.0
+                tm_detail = None
+                if tramark is not None:
+                    tm_row, tm_detail = tramark.end_round(rnd, bundle, glob, raw, test,
+                                                          cfg.train.eval_batch, ev["accuracy"])  # fmt: skip
+                    row.update(tm_row)
                 rows.append(row)
                 details.append({"round": rnd, "clients": per_client, "dropped": dropped,
                                 "assignment": {str(c): [f"{a}.{b}" for a, b in assign[c]]
                                                for c in cids},
                                 "attackers": bad_ids, "attack": attack_notes,
                                 "defense": defense_rep})  # fmt: skip
+                if planner.fim_note is not None:  # a FIM-HLA refresh: scores, groups, prior
+                    details[-1]["fim"] = planner.fim_note
+                if tm_detail is not None:
+                    details[-1]["tramark"] = tm_detail
                 self._checkpoint(ck, rnd, glob, planner, rows, details, cdig)
                 prog.advance(row)
                 log.info("round %d: accuracy %.4f, eval loss %.4f, round time %.3f s (simulated), "
@@ -561,6 +622,8 @@ class ServerLoop:
         if bad:  # cannot happen: updates with NaN/inf are dropped; never export one
             raise RuntimeError(f"the global adapter holds NaN/inf in {bad[:3]}; not exported")
         export_peft(bundle, glob, str(self.out / "adapter"))
+        if tramark is not None:
+            tramark.export(bundle, glob, self.out / "tramark")
         try:
             plot_metrics(self.out, rows)
         except Exception as e:  # the plot is a convenience
@@ -572,11 +635,16 @@ class ServerLoop:
         arrs.update({f"planner/{k}": v for k, v in planner.state_arrays().items()})
         name = f"round-{rnd:04d}.npz"
         _save_npz(ck / name, arrs)
+        tm = getattr(self, "tramark", None)
+        if tm is not None:
+            tm.save(ck, rnd)
         st = {"round": rnd, "file": name, "config_digest": cdig, "rows": rows, "details": details}
         _atomic_write(ck / "state.json", jsonout.dumps(st).encode())
         for old in ck.glob("round-*.npz"):
             if old.name != name:
                 old.unlink()
+        if tm is not None:
+            tm.prune(ck, rnd)
         write_metrics(self.out, rows, details)
 
 

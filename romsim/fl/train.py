@@ -108,18 +108,42 @@ def rom_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def load_bundle(model_cfg, lora_cfg, threads: int = 2) -> Bundle:
-    """The process-wide model (built once per process: Ray actors keep theirs between rounds)."""
+def _numerics_key(train_cfg) -> str:
+    if train_cfg is None or train_cfg.numerics == "fp32":
+        return "fp32"
+    if train_cfg.numerics == "nf4-bnb":
+        return "nf4-bnb"
+    f = train_cfg.chip_formats()
+    return f"chip:{f.act_bits}:{f.grad_bits}:{f.lora_format}:{f.kv_format}:{f.kv_group}"
+
+
+def load_bundle(model_cfg, lora_cfg, threads: int = 2, train_cfg=None) -> Bundle:
+    """The process-wide model (built once per process: Ray actors keep theirs between rounds).
+
+    ``train_cfg.numerics`` picks the frozen base's arithmetic: ``fp32`` (float copies of the ROM
+    codes), ``chip`` (the chip's datapath, :mod:`romsim.fl.chip_numerics`) or ``nf4-bnb``
+    (bitsandbytes NF4 with double quantization under peft, :mod:`romsim.fl.bnb_nf4`)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     torch.set_num_threads(threads)
-    key = (model_cfg.model_dump_json(), lora_cfg.model_dump_json())
+    numerics = _numerics_key(train_cfg)
+    key = (model_cfg.model_dump_json(), lora_cfg.model_dump_json(), numerics)
     if key in _CACHE:
         return _CACHE[key]
     base, tok = _build_base(model_cfg)
     for p in base.parameters():
         p.requires_grad_(False)
+    if numerics == "nf4-bnb":
+        from romsim.fl.bnb_nf4 import quantize_base_nf4
+
+        base = quantize_base_nf4(base)
+    elif numerics.startswith("chip") and model_cfg.gguf == "tiny":
+        # the tiny model's float weights become 4-bit ROM codes first (chip_numerics), so the
+        # digest names the frozen weights the chip path really holds
+        from romsim.fl.chip_numerics import rom_for_base
+
+        rom_for_base(model_cfg, base)
     digest = rom_digest(base)
     pcfg = LoraConfig(
         r=lora_cfg.rank,
@@ -129,14 +153,24 @@ def load_bundle(model_cfg, lora_cfg, threads: int = 2) -> Bundle:
         bias="none",
     )
     model = get_peft_model(base, pcfg)
+    if numerics.startswith("chip"):
+        from romsim.fl.chip_numerics import apply_chip_numerics
+
+        apply_chip_numerics(model, model_cfg, train_cfg.chip_formats())
     n_layers = base.config.num_hidden_layers
     params = {}
     mods = dict(model.named_modules())
+
+    def master(mod):  # the fp32 master copy (under a parametrization when the chip rounds it)
+        if hasattr(mod, "parametrizations"):
+            return mod.parametrizations.weight.original
+        return mod.weight
+
     for layer in range(n_layers):
         for kind in lora_cfg.targets:
             m = mods[f"base_model.model.model.layers.{layer}.{HF_LINEAR[kind]}"]
-            params[adapter_key(layer, kind, "A")] = m.lora_A["default"].weight
-            params[adapter_key(layer, kind, "B")] = m.lora_B["default"].weight
+            params[adapter_key(layer, kind, "A")] = master(m.lora_A["default"])
+            params[adapter_key(layer, kind, "B")] = master(m.lora_B["default"])
     b = Bundle(model, tok, params, n_layers, tuple(lora_cfg.targets), digest)
     _CACHE.clear()
     _CACHE[key] = b
@@ -380,8 +414,62 @@ def grad_scores(
     return scores
 
 
+def fisher_scores(bundle: Bundle, examples: list[Example]) -> dict[str, float]:
+    """FIM-HLA's server-side Fisher score per module ``"{layer}.{kind}"``, as the official
+    ``FIMCalculator`` (Fed_HeLLo ``utils/fim_calculator.py``): one backward pass per held-out
+    example (eval mode, no dropout) of the score of its true answer, the diagonal Fisher
+    ``F_p = mean over examples of grad_p^2`` of every LoRA tensor, and the module score
+    ``||F_A||_F + ||F_B||_F`` (a layer's score is the sum over its modules). The official code
+    differentiates the classifier's raw logit of the true class; the cloze analogue used here
+    is the true answer's summed log-probability (the score the prediction ranks options by),
+    which makes F the empirical Fisher of the answer's likelihood. The bundle must hold the
+    global adapter."""
+    import torch
+
+    params = bundle.params
+    for p in params.values():
+        p.requires_grad_(True)
+    bundle.model.eval()
+    acc = {k: torch.zeros_like(p) for k, p in params.items()}
+    for e in examples:
+        lp, _ = _option_logprobs(bundle, [(e.prompt, e.answer)])
+        bundle.model.zero_grad(set_to_none=True)
+        lp.sum().backward()
+        with torch.no_grad():
+            for k, p in params.items():
+                if p.grad is not None:
+                    acc[k] += p.grad.pow(2)
+    scores: dict[str, float] = {}
+    n = max(1, len(examples))
+    for k, f in acc.items():
+        mod = k.rsplit(".", 1)[0]
+        scores[mod] = scores.get(mod, 0.0) + float(torch.linalg.norm(f / n))
+    for p in params.values():
+        p.grad = None
+        p.requires_grad_(False)
+    return scores
+
+
 def export_peft(bundle: Bundle, arrays: dict[str, np.ndarray], out_dir: str) -> None:
     """Write the adapter in PEFT format (adapter_config.json + adapter_model.safetensors);
     ``peft.PeftModel.from_pretrained(base, out_dir)`` loads it."""
     set_adapter(bundle, arrays)
-    bundle.model.save_pretrained(out_dir)
+    sd = bundle.model.state_dict()
+    if not any(".parametrizations." in k for k in sd):
+        bundle.model.save_pretrained(out_dir)
+        return
+    # chip numerics: LoRA weights sit under an FP8 parametrization; export the fp32 master
+    # copies under peft's own key names (what save_pretrained would write without it)
+    from pathlib import Path
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k.replace(".default.parametrizations.weight.original", ".weight"): v.detach().contiguous()
+        for k, v in get_peft_model_state_dict(bundle.model).items()
+    }
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    bundle.model.peft_config["default"].save_pretrained(str(out))
