@@ -28,7 +28,7 @@ from functools import cached_property
 
 from romsim.config import ChipConfig, chip_from_dict, load_chip
 from romsim.errors import RomsimInputError
-from romsim.modelspec import ModelSpec, load_model
+from romsim.modelspec import ModelSpec, load_model, spec_from_config
 from romsim.perf.memory import (
     ACT_SAVE_BYTES,
     ADAM_STATE_BYTES,
@@ -165,7 +165,8 @@ class Device:
 
     @property
     def power_w(self) -> float:
-        """Average power of a full local step (all layers trained)."""
+        """Average power of a full local step (all layers trained); descriptive
+        (``devices.json``): a client's energy is :meth:`step_energy_j` per step."""
         return self._step.energy_j / self._step.time_s
 
     def _trained_share(self, modules) -> tuple[float, float]:
@@ -262,3 +263,45 @@ def build_devices(
     if not out:
         raise RomsimInputError("devices", [], "at least one device is needed")
     return out
+
+
+# ------------------------------------------------------------------------------ from the FL config
+def _numerics_overrides(cfg, overrides) -> dict:
+    """A chip-numerics run trains at ``train.act_bits``: the devices' cost model uses the same
+    activation width (``cell.act_bits``); FLConfig refuses a device class that says otherwise."""
+    out = dict(overrides)
+    if cfg.train.numerics == "chip":
+        out["cell.act_bits"] = cfg.train.act_bits
+    return out
+
+
+def tiny_spec(n_layers: int) -> ModelSpec:
+    """The spec of ``model.gguf = "tiny"``: a random ``n_layers``-layer LLaMA (tests, CI)."""
+    cfg = {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": n_layers,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 260,
+        "tie_word_embeddings": True, "max_position_embeddings": 512,
+    }  # fmt: skip
+    return spec_from_config(cfg, f"tiny-llama-{n_layers}l")
+
+
+def make_devices(cfg) -> list[Device]:
+    """The run's clients (an :class:`romsim.fl.config.FLConfig`) as :class:`Device` (class
+    order)."""
+    classes = [
+        DeviceClassSpec(
+            name=d.name,
+            chip=d.chip,
+            count=d.count,
+            overrides=_numerics_overrides(cfg, d.overrides),
+            link=Link(d.link.uplink_bps, d.link.downlink_bps, d.link.latency_s),
+        )
+        for d in cfg.devices
+    ]
+    model = cfg.model.spec
+    if cfg.model.gguf == "tiny":
+        model = tiny_spec(cfg.model.tiny_layers)
+    return build_devices(
+        classes, model, cfg.model.quant, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets,
+        cfg.train.seq_len, cfg.train.batch,
+    )  # fmt: skip

@@ -432,9 +432,9 @@ class TraMarkServer:
 
     def save(self, ck: Path, rnd: int) -> None:
         """``checkpoint/tramark-NNNN.npz``, written before ``state.json`` names round NNNN."""
-        from romsim.fl.runner import _save_npz
+        from romsim.fl.files import save_npz
 
-        _save_npz(self.file(ck, rnd), self.state_arrays())
+        save_npz(self.file(ck, rnd), self.state_arrays())
 
     def prune(self, ck: Path, rnd: int) -> None:
         for old in ck.glob("tramark-*.npz"):
@@ -444,7 +444,8 @@ class TraMarkServer:
     def load(self, ck: Path, rnd: int, shapes: dict[str, tuple[int, ...]]) -> None:
         """Resume: the state saved with round ``rnd``; anything missing, malformed or
         inconsistent with the adapter's shapes is one :class:`RomsimInputError` naming the file."""
-        from romsim.fl.runner import _bad, _load_npz_checked
+        from romsim.fl.checkpoint import bad_file as _bad
+        from romsim.fl.checkpoint import load_npz_checked as _load_npz_checked
 
         path = self.file(ck, rnd)
         arrs = _load_npz_checked(path)
