@@ -49,12 +49,14 @@ def _mean_ci(xs: list[float]) -> tuple[float, float]:
     return m, t * sd / math.sqrt(n)
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], n_items: int = 160) -> str:
+    """One row per arithmetic. With one seed the interval is the binomial 95 % interval of the
+    final accuracy on the ``n_items`` held-out items; with several, the t interval over seeds."""
     by: dict[str, list[dict]] = {}
     for r in results:
         by.setdefault(r["mode"], []).append(r)
     lines = [
-        "| frozen-base arithmetic | seeds | accuracy, base → final (95 % CI) | eval loss "
+        "| frozen-base arithmetic | seeds | accuracy, base → final (± 95 % interval) | eval loss "
         "| device time (s) | device energy (J) | host wall per run (s) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -63,6 +65,8 @@ def markdown(results: list[dict]) -> str:
         if not rs:
             continue
         acc, ci = _mean_ci([r["rounds"][-1]["accuracy"] for r in rs])
+        if len(rs) == 1:
+            ci = 1.96 * math.sqrt(acc * (1 - acc) / n_items)
         base, _ = _mean_ci([r["rounds"][0]["accuracy"] for r in rs])
         loss, lci = _mean_ci([r["rounds"][-1]["eval_loss"] for r in rs])
         t, _ = _mean_ci([r["rounds"][-1]["sim_time_s"] for r in rs])
@@ -79,11 +83,12 @@ DOC_START = "<!-- fl-numerics:start -->"
 DOC_END = "<!-- fl-numerics:end -->"
 
 
-def fill_docs(results_json: Path, doc: Path) -> None:
+def fill_docs(results_json: Path, doc: Path, n_items: int) -> None:
     results = json.loads(results_json.read_text())
+    results_json.with_suffix(".md").write_text(markdown(results, n_items))
     text = doc.read_text()
     i, j = text.index(DOC_START) + len(DOC_START), text.index(DOC_END)
-    doc.write_text(text[:i] + "\n" + markdown(results) + text[j:])
+    doc.write_text(text[:i] + "\n" + markdown(results, n_items) + text[j:])
 
 
 def main() -> int:
@@ -107,7 +112,7 @@ def main() -> int:
     a = ap.parse_args()
     res_path = Path(a.results)
     if a.fill_docs:
-        fill_docs(res_path.with_suffix(".json"), ROOT / "docs" / "federated.md")
+        fill_docs(res_path.with_suffix(".json"), ROOT / "docs" / "federated.md", a.eval_examples)
         return 0
     base = load_fl_config(a.config).to_dict()
     ordered = [MODES[i] for i in RUN_ORDER]
@@ -132,7 +137,7 @@ def main() -> int:
             results.append({"mode": label, "numerics": numerics, "act_bits": act_bits,
                             "seed": seed, "rounds": rows})  # fmt: skip
             res_path.with_suffix(".json").write_text(json.dumps(results, indent=1))
-            res_path.with_suffix(".md").write_text(markdown(results))
+            res_path.with_suffix(".md").write_text(markdown(results, a.eval_examples))
             print(f"{name}: accuracy {rows[0]['accuracy']:.3f} -> {rows[-1]['accuracy']:.3f}, "
                   f"loss {rows[-1]['eval_loss']:.3f}", flush=True)  # fmt: skip
     return 0
