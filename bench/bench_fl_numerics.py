@@ -73,7 +73,8 @@ def markdown(results: list[dict], n_items: int = 160) -> str:
         e, _ = _mean_ci([r["rounds"][-1]["energy_j"] for r in rs])
         wall, _ = _mean_ci([sum(x["host_wall_s"] for x in r["rounds"]) for r in rs])
         lines.append(
-            f"| {label} | {len(rs)} | {base:.3f} → {acc:.3f} ± {ci:.3f} | {loss:.3f} ± {lci:.3f} "
+            f"| {label} | {len(rs)} | {base:.3f} → {acc:.3f} ± {ci:.3f} "
+            f"| {loss:.3f}{f' ± {lci:.3f}' if len(rs) > 1 else ''} "
             f"| {t:.2f} | {e:.2f} | {wall:.0f} |"
         )
     return "\n".join(lines) + "\n"
