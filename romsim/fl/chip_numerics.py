@@ -170,24 +170,34 @@ def _kv_attention(fmt: ChipFormats, k_order: np.ndarray | None):
     """Eager attention with K and V rounded to the KV-cache format. ``k_order``: the head_dim
     order the ROM (GGUF) rows give K (interleaved RoPE pairs), in which the cache groups K's
     values; None when the module order is the ROM's."""
+    import torch
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     back = None if k_order is None else np.argsort(k_order)
+    # the straight-through roundings are built once here, not per call (a hot path)
+    if fmt.kv_format == "fp32":
+        rnd_k = rnd_v = None
+    elif fmt.kv_format == "fp16":
+        rnd_k = rnd_v = _ste(lambda v: v.to(torch.float16).to(v.dtype))
+    else:
+        rnd_v = _ste(lambda v: _bfp_torch(v, fmt.kv_group, 8))
+        rnd_k = rnd_v
+        if k_order is not None:
+            rnd_k = _ste(lambda v: _bfp_torch(v[..., k_order], fmt.kv_group, 8)[..., back])
 
-    def rnd(t, order=None):
-        import torch
-
-        if fmt.kv_format == "fp32":
-            return t
-        if fmt.kv_format == "fp16":
-            return _ste(lambda v: v.to(torch.float16).to(v.dtype))(t)
-        if order is None:
-            return _ste(lambda v: _bfp_torch(v, fmt.kv_group, 8))(t)
-        return _ste(lambda v: _bfp_torch(v[..., order], fmt.kv_group, 8)[..., back])(t)
+    def rnd(t, f):
+        return t if f is None else f(t)
 
     def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
         return eager_attention_forward(
-            module, query, rnd(key, k_order), rnd(value), attention_mask, scaling, dropout, **kw
+            module,
+            query,
+            rnd(key, rnd_k),
+            rnd(value, rnd_v),
+            attention_mask,
+            scaling,
+            dropout,
+            **kw,
         )
 
     return attention
@@ -270,13 +280,10 @@ def apply_chip_numerics(peft_model, model_cfg, fmt: ChipFormats) -> int:
         if hasattr(mod, "base_layer"):  # peft LoRA wrapper: replace its frozen base only
             group = qt.group_size
             mod.base_layer = make_chip_linear(mod.base_layer, qt, perms[nm], fmt)
+            bfp_in = _ste(lambda v, g=group: _bfp_torch(v, g, fmt.act_bits))
             for adapter in mod.lora_A:
                 a_mod, b_mod = mod.lora_A[adapter], mod.lora_B[adapter]
-                a_mod.register_forward_pre_hook(
-                    lambda _m, args, g=group: (
-                        _ste(lambda v: _bfp_torch(v, g, fmt.act_bits))(args[0]),
-                    )
-                )
+                a_mod.register_forward_pre_hook(lambda _m, args, f=bfp_in: (f(args[0]),))
                 if fmt.lora_format == "fp8":
                     for sub in (a_mod, b_mod):
                         parametrize.register_parametrization(sub, "weight", _FP8())
