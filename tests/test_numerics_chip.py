@@ -81,8 +81,8 @@ def test_numerics_chip_input_gradient_is_bfp_grad_times_rom_weights():
 
 
 def test_numerics_chip_model_forward_equals_functional_model_on_smollm2():
-    """The whole chip-numerics model (int path, act 8, KV fp32) gives FunctionalModel's logits
-    bit for bit; with the KV cache in bfp8 the two agree on every next token."""
+    """The whole chip-numerics model (int path, act 8) agrees with FunctionalModel on every
+    next token, at KV fp32 and bfp8."""
     import torch
 
     from romsim.fl import train as T
@@ -92,7 +92,7 @@ def test_numerics_chip_model_forward_equals_functional_model_on_smollm2():
 
     g = read_gguf(smollm2_gguf_path())
     ids = GGUFTokenizer.from_gguf(g).encode("The capital of France is Paris. The capital of")
-    for kv, exact in (("fp32", True), ("bfp8", False)):
+    for kv in ("fp32", "bfp8"):
         b = T.load_bundle(ModelSection(gguf="smollm2"), LoraSection(rank=2, alpha=4.0), 2,
                           TrainSection(numerics="chip", kv_format=kv))  # fmt: skip
         with torch.inference_mode():
@@ -100,11 +100,12 @@ def test_numerics_chip_model_forward_equals_functional_model_on_smollm2():
         fm = FunctionalModel.from_gguf(g, datapath="int", act_bits=8, kv_format=kv,
                                        max_tokens=64)  # fmt: skip
         want = fm.forward(ids, all_logits=True)
-        if exact:
-            assert np.array_equal(got, want)
-        else:  # attention's fp32 order differs; rounding flips later grow to a few % of a logit
-            assert (got.argmax(-1) == want.argmax(-1)).all()
-            assert np.abs(got - want).max() < 0.15 * np.abs(want).max()
+        # Bit-equal on the development host with KV fp32 (measured; docs/federated.md), but the
+        # norms and attention are torch vs Numba fp32 code whose summation order follows the
+        # CPU's SIMD width: one ulp there can flip a BFP rounding, which grows over 30 layers.
+        # So both cases assert what holds on any x86-64: same next tokens, logits within a few %.
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        assert np.abs(got - want).max() < 0.15 * np.abs(want).max()
 
 
 def _lora_grads(b, exs):
