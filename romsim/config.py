@@ -242,6 +242,11 @@ class OperatingConfig(_Strict):
     power_gating: bool = Field(
         False, description="gate idle units' supply: leakage only while busy, plus the overhead"
     )
+    clock_gating: bool = Field(
+        True,
+        description="gate idle registers' clock (integrated clock gates, one per 32 flops): "
+        "flops clocked only while their block works; false: every flop every cycle",
+    )
 
 
 class OffChipConfig(_Strict):

@@ -155,6 +155,7 @@ class _Pricer:
         stages = {r: v for r, v in loads.items() if v > 0}
         bound = max(stages, key=lambda r: stages[r]) if stages else LATENCY
         actions = {k: a + b * ctx for k, (a, b) in op.events.items()}
+        actions["clock_cycles"] = float(cycles)  # the die's clock ticks through the op
         energy = {k: v * self.e[k] for k, v in actions.items()}
         busy = {r: v / cycles for r, v in stages.items()} if cycles > 0 else {}
         kv = actions.get("sram_write_bytes", 0.0) if op.group == "kv_write" else 0.0

@@ -25,6 +25,7 @@ VARIANTS = (
     {"placement.lm_head": "rom"},
     {"placement.lm_head": "rom", "placement.embed": "rom"},
     {"placement.embed": "sram", "operating.power_gating": True},
+    {"operating.clock_gating": False},
 )
 
 # numeric axes: key -> strategy around the presets (some values outside the schema on purpose)

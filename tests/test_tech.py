@@ -104,6 +104,7 @@ CONFIGS = {
     "node65": 'base = "roma-3b-w4"\n[tech]\nprocess_nm = 65\nclock_hz = 200e6\n',
     "batch8": 'base = "roma-3b-w4"\n[operating]\nbatch = 8\n[cell]\nweight_reuse_tokens = 8\n',
     "gating": 'base = "roma-3b-w4"\n[operating]\npower_gating = true\n',
+    "no-clock-gating": 'base = "roma-3b-w4"\n[operating]\nclock_gating = false\n',
 }
 
 
@@ -205,3 +206,93 @@ def test_no_energy_is_fitted():
     rows = [r for r in fitted.splitlines() if r.startswith("| `")]
     assert len(rows) <= 4
     assert not any("energy" in r.lower() or "_pj" in r.lower() or "power" in r for r in rows)
+
+
+# ---- the two energy anchors and the clock (issue 10: energy predicted from published values)
+_OPS = {  # Node method -> (anchor key, how to call it)
+    "int8_mult_pj": lambda n: n.int_mult_pj(8, 8),
+    "int32_add_pj": lambda n: n.int_add_pj(32),
+    "fp16_mac": lambda n: n.fp_mac_pj(16),
+    "fp32_mac": lambda n: n.fp_mac_pj(32),
+}
+
+
+def test_energies_equal_the_published_7nm_anchor():
+    a = TABLE["anchor7"]
+    n = node(7)
+    assert n.int_mult_pj(8, 8) == pytest.approx(a["int8_mult_pj"], rel=1e-12)
+    assert n.int_add_pj(32) == pytest.approx(a["int32_add_pj"], rel=1e-12)
+    assert n.fp_mac_pj(16) == pytest.approx(a["fp16_mult_pj"] + a["fp16_add_pj"], rel=1e-12)
+    assert n.fp_mac_pj(32) == pytest.approx(a["fp32_mult_pj"] + a["fp32_add_pj"], rel=1e-12)
+    for size, key in ((8 << 10, "8kb"), (32 << 10, "32kb"), (1 << 20, "1mb")):
+        got = n.sram_read_pj_per_bit(size) * 64
+        assert got == pytest.approx(a[f"sram_{key}_read_pj_per_64b"], rel=1e-12)
+    assert n.flop_clock_fj == pytest.approx(a["dff_clock_fj"], rel=1e-12)
+    assert n.icg_clock_fj == pytest.approx(a["icg_clock_fj"], rel=1e-12)
+
+
+def test_energy_at_the_45nm_anchor_is_horowitz():
+    """45 nm is not a table node; the rule at r = 1 returns Horowitz's values exactly."""
+    from romsim.tech import Node
+
+    a = TABLE["anchor"]
+    n45 = Node(45, a["sram_bitcell_um2"], a["nand2_um2"], a["vdd_v"], 20.0, 0.1, {})
+    assert n45.int_mult_pj(8, 8) == pytest.approx(a["int8_mult_pj"], rel=1e-12)
+    assert n45.int_add_pj(32) == pytest.approx(a["int32_add_pj"], rel=1e-12)
+    assert n45.sram_read_pj_per_bit(32 << 10) * 64 == pytest.approx(
+        a["sram_32kb_read_pj_per_64b"], rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("what", sorted(_OPS) + ["sram_8kb", "sram_1mb", "flop_clock"])
+def test_energies_fall_with_the_node(what):
+    def value(nm: int) -> float:
+        n = node(nm)
+        if what == "sram_8kb":
+            return n.sram_read_pj_per_bit(8 << 10)
+        if what == "sram_1mb":
+            return n.sram_read_pj_per_bit(1 << 20)
+        if what == "flop_clock":
+            return n.flop_clock_fj
+        return _OPS[what](n)
+
+    vals = [value(nm) for nm in nodes_nm()]  # largest node first
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(vals, vals[1:], strict=False)), vals
+
+
+def test_sram_energy_accepts_arrays_like_scalars():
+    import numpy as np
+
+    n = node(16)
+    sizes = np.array([1 << 9, 8 << 10, 77 << 10, 1 << 20, 64 << 20], dtype=float)
+    arr = n.sram_read_pj_per_bit(sizes)
+    assert arr == pytest.approx([n.sram_read_pj_per_bit(float(s)) for s in sizes], rel=1e-12)
+
+
+@pytest.mark.parametrize("gating", [False, True])
+def test_clock_cycle_energy_is_the_flops_or_their_clock_gates(gating):
+    from romsim.area import tech as T
+
+    chip = load_chip("roma-3b-w4").with_overrides(**{"operating.clock_gating": gating})
+    n = node(chip.tech.process_nm)
+    bl = blocks(chip)
+    flops = sum(b.flops for b in bl)
+    assert flops > chip.n_cells * 500  # the fused cells' synthesized flops dominate
+    want = flops / T.ICG_FLOPS * n.icg_clock_fj if gating else flops * n.flop_clock_fj
+    assert action_energy_j(chip)["clock_cycles"] == pytest.approx(want * 1e-15, rel=1e-12)
+
+
+def test_clock_gating_moves_the_clock_into_the_work():
+    """Gated, a flop is clocked only in the cycles its block works (priced in that block's
+    action); ungated, every cycle: an idle-heavy step costs more without gating, and the clock's
+    per-cycle price falls by the clock gates' share."""
+    chip = load_chip("roma-3b-w4")
+    model = load_model(chip.model)
+    free = chip.with_overrides(**{"operating.clock_gating": False})
+    eg, ef = action_energy_j(chip), action_energy_j(free)
+    assert eg["l_macs"] > ef["l_macs"] and eg["h_macs"] > ef["h_macs"]
+    assert eg["clock_cycles"] < ef["clock_cycles"] / 10
+    a = estimate(model, chip, 64, 32, per_layer=False)
+    b = estimate(model, free, 64, 32, per_layer=False)
+    assert a.energy_per_token_j < b.energy_per_token_j
+    assert a.decode_tokens_per_s == b.decode_tokens_per_s  # timing unchanged

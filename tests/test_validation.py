@@ -3,10 +3,9 @@
 from romsim.validation import render_document, validation_rows
 
 # Rows the model misses, with the limit it stays within (docs/validation.md explains): the
-# predicted energy, nothing fitted to it, comes out about half of the paper's 33.1 W.
+# predicted energy per token, nothing fitted to it, is +29 % (power is within its target).
 KNOWN_MISSES: dict[str, float] = {
-    "power (decode), predicted": 60.0,
-    "energy per token (33.1 W / 31.8K tok/s), predicted": 60.0,
+    "energy per token (33.1 W / 31.8K tok/s), predicted": 35.0,
 }
 
 

@@ -13,7 +13,9 @@ Components and the actions they price (the performance model counts actions unde
 - ``h_compute``     H-Unit (LoRA, attention): ``h_macs``, ``h_ops``;
 - ``vector_units``  norms, RoPE, SiLU, sampling (with the activation SRAM): ``vec_ops``;
 - ``routers``       mesh routers and links: ``link_bytes`` (one byte over one hop);
-- ``control_io``    control, clocking and IO (a share of the die);
+- ``control_io``    control, clocking and IO (a share of the die): ``clock_cycles`` (one die
+                    cycle of the clock: every flop of every block without clock gating, only
+                    the clock gates with it; gated flops are priced in their block's actions);
 - ``off_chip``      the off-chip link (no die area here): ``offchip_bytes``.
 """
 
@@ -43,6 +45,7 @@ class Component:
     leakage_w_each: float
     actions: dict[str, float] = field(default_factory=dict)  # action -> joules per action
     gated_by: str | None = None  # perf resource whose busy fraction this block's leakage follows
+    flops_each: float = 0.0  # registers (clocked every cycle unless clock-gated)
 
     @property
     def area_mm2(self) -> float:
@@ -51,6 +54,10 @@ class Component:
     @property
     def leakage_w(self) -> float:
         return self.count * self.leakage_w_each
+
+    @property
+    def flops(self) -> float:
+        return self.count * self.flops_each
 
 
 def _logic_mm2(gates: float, n: Node) -> float:
@@ -175,11 +182,36 @@ def rom_read_j_per_bit(chip: ChipConfig, style: str | None = None) -> float:
 
 def cell_cycle_j(chip: ChipConfig, style: str | None = None) -> float:
     """One busy cycle of a cell's datapath: every synthesized gate switches once (the per-gate
-    energy of Horowitz's adder, romsim.tech), plus the flops' clock."""
+    energy of the node's 32-bit add, romsim.tech); with clock gating also the flops' clock
+    (without it the flops are clocked every cycle, priced by ``clock_cycles``)."""
     n = node(chip.tech.process_nm)
-    gates = cell_compute_gates(chip, style) * T.DATAPATH_ACTIVITY
-    clock = cell_compute_flops(chip, style) * T.CLOCK_GATE_OPS_PER_FLOP
-    return (gates + clock) * n.gate_op_fj() * _FJ
+    e = cell_compute_gates(chip, style) * T.DATAPATH_ACTIVITY * n.gate_op_fj() * _FJ
+    if chip.operating.clock_gating:
+        e += cell_compute_flops(chip, style) * n.flop_clock_fj * _FJ
+    return e
+
+
+def unit_periphery_flops(chip: ChipConfig) -> float:
+    """The pipelined adder tree of a matrix unit: one registered sum per adder (D)."""
+    return (chip.cell.cells_per_unit - 1) * chip.cell.acc_bits
+
+
+def h_unit_flops(chip: ChipConfig) -> float:
+    return (
+        chip.h_unit.macs_per_unit_per_cycle * T.FLOPS_PER_FP16_LANE
+        + chip.h_unit.sfu_lanes_per_unit * T.FLOPS_PER_SFU_LANE
+    )
+
+
+def vector_unit_flops(chip: ChipConfig) -> float:
+    return (
+        chip.vector.lanes_per_unit * T.FLOPS_PER_FP16_LANE
+        + chip.vector.sfu_lanes_per_unit * T.FLOPS_PER_SFU_LANE
+    )
+
+
+def router_flops(chip: ChipConfig) -> float:
+    return 5 * chip.interconnect.link_bytes_per_cycle * 8 * T.FLOPS_PER_ROUTER_PORT_BIT
 
 
 def blocks(chip: ChipConfig) -> list[Component]:
@@ -197,6 +229,13 @@ def blocks(chip: ChipConfig) -> list[Component]:
     gate_fj = n.gate_op_fj()
     w_bits = chip.quant.default.code_bits_per_weight
     macs_per_cycle = max(1.0, chip.cell.mac_weight_bits_per_cycle / w_bits)
+    # clock of gated registers, priced in the action that makes them work (0 without gating)
+    clk_j = n.flop_clock_fj * _FJ if chip.operating.clock_gating else 0.0
+    periph_flops = unit_periphery_flops(chip)
+    l_mac_j = (
+        cell_cycle_j(chip) + periph_flops / chip.cell.cells_per_unit * clk_j
+    ) / macs_per_cycle
+    lane_clk_j = T.FLOPS_PER_FP16_LANE * clk_j
 
     buf_bits = chip.area.unit_buffer_bytes * 8
     unit_periph = _logic_mm2((chip.cell.cells_per_unit - 1) * T.GATES_ADDER32, n) + _sram_mm2(
@@ -224,12 +263,12 @@ def blocks(chip: ChipConfig) -> list[Component]:
     out = [
         Component(
             "fused_cells", "L-Unit", chip.n_cells, cell["cell_mm2"], cell_leak * leak,
-            {"rom_bits": rom_read_j_per_bit(chip), "l_macs": cell_cycle_j(chip) / macs_per_cycle},
-            gated_by="rom",
+            {"rom_bits": rom_read_j_per_bit(chip), "l_macs": l_mac_j},
+            gated_by="rom", flops_each=cell_compute_flops(chip),
         ),
         Component(
             "unit_periphery", "L-Unit", U, unit_periph, unit_periph * logic_leak,
-            gated_by="rom",
+            gated_by="rom", flops_each=periph_flops,
         ),
         Component(
             "lora_kv_sram", "H-Unit", 1, h_sram, chip.sram.lora_kv_bytes * 8 * sram_leak_w_bit,
@@ -240,15 +279,18 @@ def blocks(chip: ChipConfig) -> list[Component]:
         ),
         Component(
             "h_compute", "H-Unit", U, h_logic, h_logic * logic_leak,
-            {"h_macs": n.fp_mac_pj(16) * _PJ, "h_ops": n.fp_mac_pj(16) * _PJ},
-            gated_by="h_mac",
+            {"h_macs": n.fp_mac_pj(16) * _PJ + lane_clk_j,
+             "h_ops": n.fp_mac_pj(16) * _PJ + lane_clk_j},
+            gated_by="h_mac", flops_each=h_unit_flops(chip),
         ),
         Component(
             "vector_units", "Vector", max(VU, 1), v_sram + v_logic,
             chip.sram.act_bytes * 8 / max(VU, 1) * sram_leak_w_bit + v_logic * logic_leak,
-            {"vec_ops": n.fp_mac_pj(16) * _PJ},
+            {"vec_ops": n.fp_mac_pj(16) * _PJ + lane_clk_j},
+            flops_each=vector_unit_flops(chip),
         ),
-        Component("routers", "Other", U + VU, router, router * logic_leak),
+        Component("routers", "Other", U + VU, router, router * logic_leak,
+                  flops_each=router_flops(chip)),
     ]  # fmt: skip
     core = sum(b.area_mm2 for b in out)
     f = chip.area.control_io_fraction
@@ -258,7 +300,7 @@ def blocks(chip: ChipConfig) -> list[Component]:
         out = [
             Component(
                 b.name, b.unit, b.count, b.area_mm2_each * (1 + T.POWER_GATE_AREA_OVERHEAD),
-                b.leakage_w_each, b.actions, b.gated_by,
+                b.leakage_w_each, b.actions, b.gated_by, b.flops_each,
             )
             if b.gated_by
             else b
@@ -270,16 +312,25 @@ def blocks(chip: ChipConfig) -> list[Component]:
     byte_hop_j = 8 * (
         0.5 * n.wire_pj_per_bit_mm * hop * _PJ  # random data toggles half the wires
         + T.GATES_ROUTER_PER_PORT_BIT * gate_fj * _FJ  # buffer + crossbar per bit
+        + T.FLOPS_PER_ROUTER_PORT_BIT * clk_j  # the input register's clock (gated)
     )
     # a unit's activation bus spans the unit (side = the hop length) and reaches all its cells
     bus_byte_j = 8 * 0.5 * n.wire_pj_per_bit_mm * hop * _PJ
+    # the die's clock, per cycle: every flop when ungated; only the clock gates when gated
+    flops = sum(b.flops for b in out)
+    if chip.operating.clock_gating:
+        cycle_clock_j = flops / T.ICG_FLOPS * n.icg_clock_fj * _FJ
+    else:
+        cycle_clock_j = flops * n.flop_clock_fj * _FJ
     extra = {
         "routers": {"link_bytes": byte_hop_j},
         "unit_periphery": {"unit_bus_bytes": bus_byte_j},
+        "control_io": {"clock_cycles": cycle_clock_j},
     }
     out = [
         Component(b.name, b.unit, b.count, b.area_mm2_each, b.leakage_w_each,
-                  {**b.actions, **extra[b.name]}, b.gated_by) if b.name in extra else b
+                  {**b.actions, **extra[b.name]}, b.gated_by, b.flops_each)
+        if b.name in extra else b
         for b in out
     ]  # fmt: skip
     out.append(

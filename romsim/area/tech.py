@@ -41,8 +41,12 @@ GATES_FP16_MAC = 1100  # fp16/fp8 multiply-add in the H-Unit and vector lanes
 GATES_SFU = 9000  # exp / rsqrt / sigmoid lane (piecewise polynomial)
 GATES_ROUTER_PER_PORT_BIT = 12  # buffer flops + crossbar mux per port per link bit
 GATES_PER_FLOP = 4.522 / 0.798  # (L) NanGate 45 nm DFF_X1 / NAND2_X1 area (rtl/synth.py weights)
-CLOCK_GATE_OPS_PER_FLOP = 2.0  # (C) a flop's clock pin switches every cycle (one gate-op) and its
-#                                share of the clock tree's wire and buffers as much again
+# Clocking (energies per flop and per clock gate: romsim.tech, ASAP7). Registers of blocks
+# without a synthesized netlist, counted from their structure (C):
+FLOPS_PER_FP16_LANE = 2 * 16 + 32  # two fp16 operand registers and an fp32 accumulator
+FLOPS_PER_SFU_LANE = 3 * 16  # operand, intermediate and result registers of a polynomial lane
+FLOPS_PER_ROUTER_PORT_BIT = 1  # one input-buffer (flit) register per link bit and port
+ICG_FLOPS = 32  # (C) flops behind one integrated clock gate: a 32-bit register bank
 DATAPATH_ACTIVITY = 1.0  # (C) each NAND2-eq of a busy datapath switches as often as the gates of
 #                          Horowitz's adder do per add (the per-gate energy is taken from it)
 

@@ -40,7 +40,7 @@ same prefill closed form (romsim.perf.train.train_step_cost, batch 1, ``seq_len 
 
 Not vectorized: quant formats with a ``mix`` (``w3g128+w6x0.25``): their designs run through
 the scalar path (:func:`romsim.explore.fields.scalar_fields`), one by one.
-``operating.power_gating``, ``placement.*`` (but ``placement.embed_bits``) and
+``operating.power_gating``, ``operating.clock_gating``, ``placement.*`` (but ``placement.embed_bits``) and
 ``lora.targets`` come from ``base`` only (not sweepable).
 """
 
@@ -66,7 +66,7 @@ from romsim.perf.memory import embed_rom_format
 from romsim.perf.model import FUSED_INPUTS
 from romsim.quant import QuantSpec, WeightFormat, named_quant, rom_tables
 from romsim.rom.layout import RomLayout
-from romsim.tech import Node, _table, node, nodes_nm
+from romsim.tech import Node, node, nodes_nm
 from romsim.units import UM2_PER_MM2
 
 _PJ = 1e-12
@@ -681,23 +681,8 @@ def _macro_eff(bits: Num, e1: float, e8: float, cell: float, cell7: float, ls: f
 
 
 def _sram_read_pj_per_bit(n: Node, array_bytes: Num) -> Num:
-    """romsim.tech.Node.sram_read_pj_per_bit."""
-    t = _table()["anchor"]
-    pts = [
-        (8 << 10, t["sram_8kb_read_pj_per_64b"]),
-        (32 << 10, t["sram_32kb_read_pj_per_64b"]),
-        (1 << 20, t["sram_1mb_read_pj_per_64b"]),
-    ]
-    x = np.log2(np.maximum(array_bytes, 64.0))
-    first = x <= math.log2(pts[1][0])
-
-    def seg(p0: tuple, p1: tuple) -> Num:
-        (x0, y0), (x1, y1) = p0, p1
-        lx0, lx1 = math.log2(x0), math.log2(x1)
-        return math.log2(y0) + (math.log2(y1) - math.log2(y0)) * (x - lx0) / (lx1 - lx0)
-
-    ly = np.where(first, seg(pts[0], pts[1]), seg(pts[1], pts[2]))
-    return 2**ly / 64 * n.memory_energy_scale
+    """romsim.tech.Node.sram_read_pj_per_bit (array-valued there too)."""
+    return n.sram_read_pj_per_bit(array_bytes)
 
 
 @dataclass
@@ -844,22 +829,48 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
         rom_j = _sram_read_pj_per_bit(n, bank_bytes) * (
             math.sqrt(1 / 3) * factor * _PJ
         )  # Node.rom_read_pj_per_bit
-    cycle_j = (gates * T.DATAPATH_ACTIVITY + flops * T.CLOCK_GATE_OPS_PER_FLOP) * gate_fj * _FJ
+    # romsim.area.model.cell_cycle_j and the clock (blocks' flops_each, clock_cycles)
+    gating = v.base.operating.clock_gating
+    clk_j = n.flop_clock_fj * _FJ if gating else 0.0
+    cycle_j = gates * T.DATAPATH_ACTIVITY * gate_fj * _FJ + flops * clk_j
+    cpu = v("cell.cells_per_unit")
+    periph_flops = (cpu - 1) * v("cell.acc_bits")
+    h_flops = (
+        v("h_unit.macs_per_unit_per_cycle") * T.FLOPS_PER_FP16_LANE
+        + v("h_unit.sfu_lanes_per_unit") * T.FLOPS_PER_SFU_LANE
+    )
+    v_flops = (
+        v("vector.lanes_per_unit") * T.FLOPS_PER_FP16_LANE
+        + v("vector.sfu_lanes_per_unit") * T.FLOPS_PER_SFU_LANE
+    )
+    r_flops = 5 * v("interconnect.link_bytes_per_cycle") * 8 * T.FLOPS_PER_ROUTER_PORT_BIT
+    all_flops = (
+        d.n_cells * flops + U * periph_flops + U * h_flops + VU1 * v_flops
+        + (U + VU_raw) * r_flops
+    )  # fmt: skip
+    if gating:
+        cycle_clock_j = all_flops / T.ICG_FLOPS * n.icg_clock_fj * _FJ
+    else:
+        cycle_clock_j = all_flops * n.flop_clock_fj * _FJ
     macs_per_cycle = np.maximum(1.0, mwb / g.w_bits)
     sram_j = 8 * _sram_read_pj_per_bit(n, h_macro_bits / 8) * _PJ
-    fp = n.fp_mac_pj(16) * _PJ
+    fp = n.fp_mac_pj(16) * _PJ + T.FLOPS_PER_FP16_LANE * clk_j
     out.actions = {
         "rom_bits": rom_j,
-        "l_macs": cycle_j / macs_per_cycle,
+        "l_macs": (cycle_j + periph_flops / cpu * clk_j) / macs_per_cycle,
         "sram_read_bytes": sram_j,
         "sram_write_bytes": sram_j,
         "h_macs": fp,
         "h_ops": fp,
         "vec_ops": fp,
-        "link_bytes": 8 * (0.5 * w * hop * _PJ + T.GATES_ROUTER_PER_PORT_BIT * gate_fj * _FJ),
+        "link_bytes": 8 * (
+            0.5 * w * hop * _PJ + T.GATES_ROUTER_PER_PORT_BIT * gate_fj * _FJ
+            + T.FLOPS_PER_ROUTER_PORT_BIT * clk_j
+        ),
         "unit_bus_bytes": 8 * 0.5 * w * hop * _PJ,
         "offchip_bytes": 8 * v("offchip.energy_pj_per_bit") * _PJ,
-    }
+        "clock_cycles": cycle_clock_j,
+    }  # fmt: skip
     return out
 
 
@@ -1017,13 +1028,13 @@ def _full(
             for r in busy:
                 if r in op.stages:
                     busy[r] = busy[r] + mult * (op.stages[r] * x)
+    total_mid = nl * (const + lat_prop + k_prop * (1 + mid)) + tok_c  # decode_cycles(mid)
+    ev["clock_cycles"] = total_mid  # PerfModel.decode_events
     dyn = 0.0
     for k, c in ev.items():
         dyn = dyn + c * area.actions[k] / B
     leak = 0.0
     if v.base.operating.power_gating:  # leakage_w with PerfModel.utilisation(mid)
-        lat_p = lat_prop
-        total_mid = nl * (const + lat_p + k_prop * (1 + mid)) + tok_c
         for b, lw in area.leak.items():
             r = area.gated.get(b)
             if r is None:
@@ -1043,6 +1054,7 @@ def _full(
     if train:
         from romsim.perf.train import ADAM_STATE_BYTES, GRAD_BYTES
 
+        pev["clock_cycles"] = pre  # PerfModel.prefill_events: the prefill's cycles
         e_fwd = 0.0
         for k, c in pev.items():
             e_fwd = e_fwd + c * area.actions[k]
@@ -1057,7 +1069,11 @@ def _full(
         )
         cycles = fwd + bwd + opt
         a = area.actions
-        e_opt = state / 2 * (a["sram_read_bytes"] + a["sram_write_bytes"]) + lp * 10 * a["vec_ops"]
+        e_opt = (
+            state / 2 * (a["sram_read_bytes"] + a["sram_write_bytes"])
+            + lp * 10 * a["vec_ops"]
+            + opt * a["clock_cycles"]
+        )
         leak_all = 0.0
         for lw in area.leak.values():
             leak_all = leak_all + lw

@@ -18,6 +18,7 @@ ACTIONS: tuple[str, ...] = (
     "link_bytes",  # bytes x mesh hops
     "unit_bus_bytes",  # bytes driven across a matrix unit's activation bus to its cells
     "offchip_bytes",  # bytes over the off-chip link
+    "clock_cycles",  # die clock cycles (the clock tree's leaves: flops and clock gates)
 )
 _KNOWN = frozenset(ACTIONS)
 

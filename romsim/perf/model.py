@@ -298,18 +298,22 @@ class PerfModel:
         return out
 
     def decode_events(self, ctx: float) -> dict[str, float]:
+        """Actions of one decode step at ``ctx`` (romsim.perf.actions), the clock's cycles too."""
         out: dict[str, float] = {}
         for table, mult in ((self.decode_table, self.model.n_layers), (self.token_table, 1)):
             for op in table.ops:
                 for ev, (a, b) in op.events.items():
                     out[ev] = out.get(ev, 0.0) + mult * (a + b * ctx)
+        out["clock_cycles"] = float(self.decode_cycles(np.array([float(ctx)]))[0])
         return out
 
     def prefill_events(self, prompt_len: int) -> dict[str, float]:
+        """Actions of the prefill of ``prompt_len`` tokens, the clock's cycles too."""
         out: dict[str, float] = {}
         for op, n in self.prefill_ops(prompt_len):
             for ev, (a, _) in op.events.items():
                 out[ev] = out.get(ev, 0.0) + n * a
+        out["clock_cycles"] = self.prefill_cycles(prompt_len)
         return out
 
 

@@ -66,9 +66,9 @@ def train_step_cost(pm: PerfModel, batch: int, seq_len: int) -> TrainStepCost:
     opt = max(sram_cyc, vec_cyc) + chip.vector.op_latency_cycles
     cycles = batch * (fwd + bwd) + opt
     mem = train_sram_bytes(model, chip, seq_len, batch)
-    # energy: forward actions counted op by op; backward scaled by its cycle ratio (same kinds
-    # of accesses: ROM words for dX, H-Unit MACs for LoRA and attention); Adam's state traffic
-    # in SRAM and its vector ops; leakage over the whole step.
+    # energy: forward actions counted op by op (the clock's cycles among them); backward scaled
+    # by its cycle ratio (same kinds of accesses: ROM words for dX, H-Unit MACs for LoRA and
+    # attention); Adam's state traffic in SRAM, its vector ops and cycles; leakage over the step.
     from romsim.area.energy import action_energy_j, dynamic_energy_j
     from romsim.area.model import leakage_w
 
@@ -76,7 +76,9 @@ def train_step_cost(pm: PerfModel, batch: int, seq_len: int) -> TrainStepCost:
     e_bwd = e_fwd * bwd / fwd
     ea = action_energy_j(chip)
     e_opt = (
-        state_bytes / 2 * (ea["sram_read_bytes"] + ea["sram_write_bytes"]) + p * 10 * ea["vec_ops"]
+        state_bytes / 2 * (ea["sram_read_bytes"] + ea["sram_write_bytes"])
+        + p * 10 * ea["vec_ops"]
+        + opt * ea["clock_cycles"]
     )
     leak = leakage_w(chip)
     e = e_fwd + e_bwd + e_opt + leak * cycles / f

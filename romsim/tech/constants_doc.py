@@ -39,31 +39,32 @@ def _published_table() -> str:
 
 
 def _anchor_table() -> str:
-    a = _table()["anchor"]
-    keys = [k for k in a if not k.endswith("_src") and k not in ("node_nm",)]
-    lines = [
-        f"## Anchor: {a['node_nm']} nm, {a['vdd_v']} V",
-        "",
-        "| quantity | value |",
-        "|---|---:|",
-    ]
-    lines += [f"| `{k}` | {a[k]:g} |" for k in keys if isinstance(a[k], (int, float))]
-    lines += [""] + [f"- `{k}`: {a[k]}" for k in a if k.endswith("_src")]
-    return "\n".join(lines) + "\n"
+    out = []
+    for name, title in (("anchor", "Anchor: 45 nm, 0.9 V (Horowitz)"),
+                        ("anchor7", "Anchor: 7 nm (TPUv4i; ASAP7 clocking)")):  # fmt: skip
+        a = _table()[name]
+        keys = [k for k in a if not k.endswith("_src") and k not in ("node_nm",)]
+        lines = [f"## {title}", "", "| quantity | value |", "|---|---:|"]
+        lines += [f"| `{k}` | {a[k]:g} |" for k in keys if isinstance(a[k], (int, float))]
+        lines += [""] + [f"- `{k}`: {a[k]}" for k in a if k.endswith("_src")]
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 def _derived_table() -> str:
     lines = [
         "## Derived per node (rules of romsim/tech/__init__.py)",
         "",
-        "Logic energies scale with sqrt(NAND2 area) x Vdd², memory-array energies with sqrt(SRAM "
-        "bit cell) x Vdd² (Dennard et al., JSSC 1974), both from the 45 nm anchor; wires per mm "
-        "with Vdd² from Keckler et al.'s 40 nm value; the ROM bit cell is 1/3 of the SRAM cell "
-        "(P). Leakage scales with I_off x Vdd relative to 7 nm.",
+        "Operation and SRAM energies are published at 45 nm and 7 nm; between and beyond the "
+        "anchors they follow the shape of the geometric rule (logic: sqrt(NAND2 area) x Vdd², "
+        "memory arrays: sqrt(SRAM bit cell) x Vdd²; Dennard et al., JSSC 1974), exact at both "
+        "anchors; flip-flop and clock-gate clocking from ASAP7 at 7 nm by the logic rule; wires "
+        "per mm with Vdd² from Keckler et al.'s 40 nm value; the ROM bit cell is 1/3 of the SRAM "
+        "cell (P). Leakage scales with I_off x Vdd relative to 7 nm.",
         "",
         "| node | ROM cell µm² | int4x8 MAC pJ | fp16 MAC pJ | gate op fJ | SRAM 8 KB pJ/bit | "
-        "SRAM 1 MB pJ/bit | ROM 76 KB pJ/bit | wire pJ/bit/mm | leakage x |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "SRAM 1 MB pJ/bit | ROM 76 KB pJ/bit | flop clock fJ | wire pJ/bit/mm | leakage x |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for nm in nodes_nm():
         n = node(nm)
@@ -71,7 +72,8 @@ def _derived_table() -> str:
             f"| {nm} nm | {n.rom_bitcell_um2:.4g} | {n.int_mac_pj(4, 8, 32):.3g} | "
             f"{n.fp_mac_pj(16):.3g} | {n.gate_op_fj():.3g} | "
             f"{n.sram_read_pj_per_bit(8 << 10):.3g} | {n.sram_read_pj_per_bit(1 << 20):.3g} | "
-            f"{n.rom_read_pj_per_bit(76 << 10):.3g} | {n.wire_pj_per_bit_mm:.3g} | "
+            f"{n.rom_read_pj_per_bit(76 << 10):.3g} | {n.flop_clock_fj:.3g} | "
+            f"{n.wire_pj_per_bit_mm:.3g} | "
             f"{n.leakage_scale:.3g} |"
         )
     return "\n".join(lines) + "\n"
@@ -89,7 +91,10 @@ def _design_constants() -> str:
         ("NAND2-eq of an SFU lane", T.GATES_SFU, "(L)"),
         ("router NAND2-eq per port bit", T.GATES_ROUTER_PER_PORT_BIT, "(L)"),
         ("NAND2-eq per flop", f"{T.GATES_PER_FLOP:.2f}", "(L) NanGate 45 nm DFF_X1/NAND2_X1"),
-        ("clock gate-ops per flop per cycle", T.CLOCK_GATE_OPS_PER_FLOP, "(C)"),
+        ("flops per fp16 lane (H-Unit, vector)", T.FLOPS_PER_FP16_LANE, "(C) operands + acc"),
+        ("flops per SFU lane", T.FLOPS_PER_SFU_LANE, "(C)"),
+        ("flops per router port and link bit", T.FLOPS_PER_ROUTER_PORT_BIT, "(C) flit register"),
+        ("flops per integrated clock gate", T.ICG_FLOPS, "(C) a 32-bit register bank"),
         ("SRAM leakage at 7 nm", f"{T.SRAM_LEAK_W_PER_MBIT_7NM * 1e3:g} mW/Mbit", "(C)"),
         ("logic leakage at 7 nm", f"{T.LOGIC_LEAK_W_PER_MM2_7NM * 1e3:g} mW/mm²", "(C)"),
         ("ROM array leakage at 7 nm", f"{T.ROM_LEAK_W_PER_MM2_7NM * 1e3:g} mW/mm²", "(C)"),
