@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from romsim.area.model import ablation_um2, blocks
+from romsim.area.model import ablation_power_mw, ablation_um2, blocks
 from romsim.config import load_chip
 from romsim.estimate import estimate
 from romsim.mapping import Mapping
@@ -241,6 +241,19 @@ def validation_rows() -> list[Row]:
             None,
         )
     )
+    # the ablation's power (mW at 500 MHz): the ratios to the fused cell are clock- and
+    # capacity-independent enough to compare; predicted, nothing fitted
+    pw = ablation_power_mw(c3)
+    for key, label, v in (
+        ("sram_compute", "SRAM + compute / fused cell, power", 36.7 / 6.8),
+        ("rom_compute", "standard ROM + compute / fused cell, power", 26.0 / 6.8),
+        ("brom_compute", "B-ROM + compute / fused cell, power", 22.5 / 6.8),
+    ):
+        rows.append(Row("power (cell ablation)", label, v, pw[key] / pw["fused_cell"], "x", None))
+    rows.append(
+        Row("power (cell ablation)", "L-Unit cell: fused B-ROM cell, power", 6.8,
+            pw["fused_cell"], "mW", None, "cell capacity unknown in the paper")
+    )  # fmt: skip
     return rows
 
 
@@ -331,6 +344,13 @@ exponent, 9 bits per value), LoRA on all seven linears in FP8.
   synthesis of the generated RTL (romsim/area/synth_calibration.json, docs/rtl.md), is about
   1.1 thousand µm² against a 15 thousand µm² B-ROM array, so fusing saves little. The rows are
   shown for information.
+- **Cell ablation, power.** Predicted with every cell reading one word and running its datapath
+  each cycle at 500 MHz (`romsim.area.model.ablation_power_mw`). The paper's ordering holds
+  (SRAM > standard ROM > B-ROM), but its spreads are 2.5-3.3x wider, and the paper's fused
+  cell spends 3.3x less than B-ROM + compute side by side, which romsim cannot express: it
+  prices no wire between a separate array and its compute. 24,576 cells at the paper's
+  6.8 mW would draw 167 W, five times the chip's 33.1 W, so the ablation's cell or activity is
+  not the chip's; the rows are shown for information.
 - **Area shares** are compared in mm² (share x 503.7 mm²) because the paper's shares sum to 96 %.
 - **"KV cache up to 4K tokens"** is compared with the longest KV cache that fits beside rank-16
   LoRA in the 288 MiB LoRA+KV SRAM.

@@ -387,3 +387,26 @@ def ablation_um2(chip: ChipConfig) -> dict[str, float]:
         "brom_compute": (brom + fused) * UM2_PER_MM2,
         "fused_cell": max(brom, fused) * UM2_PER_MM2,
     }
+
+
+def ablation_power_mw(chip: ChipConfig) -> dict[str, float]:
+    """One L-Unit cell of :func:`ablation_um2`, reading one word and running its datapath every
+    cycle at the chip's clock (mW, dynamic only): SRAM + compute and standard ROM + compute with
+    the conventional datapath, B-ROM + compute and the fused cell with the fused one. The model
+    has no energy for the wires between a separate array and its compute, so B-ROM + compute and
+    the fused cell cost the same."""
+    n = node(chip.tech.process_nm)
+    f = chip.clock_hz
+    bank_bytes = chip.rom.bank_rows * chip.rom.word_bits / 8
+    wb = chip.rom.word_bits
+    conv = cell_cycle_j(chip, "rom")
+    fused = cell_cycle_j(chip, "brom")
+    sram_j = wb * n.sram_read_pj_per_bit(bank_bytes) * _PJ
+    rom_j = wb * rom_read_j_per_bit(chip, "rom")
+    brom_j = wb * rom_read_j_per_bit(chip, "brom")
+    return {
+        "sram_compute": (sram_j + conv) * f * 1e3,
+        "rom_compute": (rom_j + conv) * f * 1e3,
+        "brom_compute": (brom_j + fused) * f * 1e3,
+        "fused_cell": (brom_j + fused) * f * 1e3,
+    }
