@@ -296,3 +296,17 @@ def test_clock_gating_moves_the_clock_into_the_work():
     b = estimate(model, free, 64, 32, per_layer=False)
     assert a.energy_per_token_j < b.energy_per_token_j
     assert a.decode_tokens_per_s == b.decode_tokens_per_s  # timing unchanged
+
+
+def test_chosen_datapath_activity_lies_in_the_measured_range():
+    """DATAPATH_ACTIVITY (C) against the gate-level simulation of the synthesized cell
+    (romsim/area/synth_activity.json): between the zero-delay count (no glitches) and the
+    unit-delay count (glitches over-counted), at every synthesized width."""
+    from romsim.area import tech as T
+
+    act = json.loads(resources.files("romsim.area").joinpath("synth_activity.json").read_text())
+    assert set(act["results"]) >= {"2", "3", "4", "8"}
+    for r in act["results"].values():
+        assert r["nand2_eq_ratio"] == pytest.approx(1.0, abs=0.01)
+        lo, hi = r["activity_all_nand2"], r["unit_delay"]["activity_all_nand2"]
+        assert lo < T.DATAPATH_ACTIVITY <= hi * 1.01

@@ -47,8 +47,11 @@ FLOPS_PER_FP16_LANE = 2 * 16 + 32  # two fp16 operand registers and an fp32 accu
 FLOPS_PER_SFU_LANE = 3 * 16  # operand, intermediate and result registers of a polynomial lane
 FLOPS_PER_ROUTER_PORT_BIT = 1  # one input-buffer (flit) register per link bit and port
 ICG_FLOPS = 32  # (C) flops behind one integrated clock gate: a 32-bit register bank
-DATAPATH_ACTIVITY = 1.0  # (C) each NAND2-eq of a busy datapath switches as often as the gates of
-#                          Horowitz's adder do per add (the per-gate energy is taken from it)
+DATAPATH_ACTIVITY = 1.0  # (C) output transitions per NAND2-eq of a busy datapath per cycle, each
+#   at the per-gate energy of the node's 32-bit add. Measured on the synthesized cell (S, gate-level
+#   simulation of a random tile, romsim/area/synth_activity.json, `python -m romsim.rtl.activity`):
+#   0.29-0.30 with zero-delay gates (no glitches) and 1.01-1.29 with a unit delay per gate (glitches
+#   counted, an over-count): the chosen 1.0 lies inside, near the glitch-inclusive end
 
 # --- leakage at 7 nm (scaled to other nodes by romsim.tech.Node.leakage_scale) ----------------
 SRAM_LEAK_W_PER_MBIT_7NM = 1.0e-3  # (C) HD SRAM array leakage at nominal voltage, hot; no
