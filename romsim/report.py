@@ -70,6 +70,16 @@ def print_estimate(
         for k, v in est.utilisation.items():
             u.add_row(k, f"{v:.1%}")
         con.print(u)
+        e = Table(title="energy per token by action (µJ)")
+        e.add_column("action")
+        e.add_column("µJ", justify="right")
+        e.add_column("share", justify="right")
+        leak_j = est.energy_per_token_j - sum(est.energy_breakdown_j.values())
+        parts = {**est.energy_breakdown_j, "leakage": leak_j}
+        for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
+            if v > 0:
+                e.add_row(k, f"{v * 1e6:,.1f}", f"{v / est.energy_per_token_j:.1%}")
+        con.print(e)
 
 
 def print_style_comparison(results: dict[str, Estimate], console: Console | None = None) -> None:

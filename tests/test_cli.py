@@ -40,6 +40,7 @@ def test_estimate_json(preset, capsys):
 def test_estimate_table(capsys):
     code, out, _ = run(["estimate", "--detail"], capsys)
     assert code == 0 and "decode tokens/s" in out
+    assert "energy per token by action" in out and "leakage" in out and "clock_cycles" in out
 
 
 def test_user_files(tmp_path, capsys):
