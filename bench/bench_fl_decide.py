@@ -492,15 +492,20 @@ class Rescorer:
                           "rescored_prefix": float(ok[:e].mean())}}  # fmt: skip
         bd = next((a for a in cfg.attackers if a.kind == "backdoor"), None)
         if bd is not None:
-            from romsim.fl.attacks import auto_target, backdoor_test_set
+            from romsim.fl.attacks import auto_target, backdoor_control_set, backdoor_test_set
             from romsim.fl.data import server_holdout
 
             target = bd.target or auto_target(server_holdout(ds.train, cfg.masa_aux_count())[0])
             trig = backdoor_test_set(items, bd.trigger, target, bd.trigger_position, cfg.run.seed)
             hit = T.predict(self.bundle, trig, cfg.train.eval_batch) == np.array(
                 [x.label for x in trig])  # fmt: skip
+            # the same items and options without the trigger: how often the target wins anyway
+            ctrl = backdoor_control_set(items, target)
+            base = T.predict(self.bundle, ctrl, cfg.train.eval_batch) == np.array(
+                [x.label for x in ctrl])  # fmt: skip
             m = sum(1 for x in items[:e] if x.answer != target)
-            res.update(backdoor="".join("1" if x else "0" for x in hit), backdoor_target=target)
+            res.update(backdoor="".join("1" if x else "0" for x in hit), backdoor_target=target,
+                       backdoor_untriggered="".join("1" if x else "0" for x in base))  # fmt: skip
             res["checks"].update(logged_backdoor=rows[-1]["backdoor_success"],
                                  rescored_backdoor_prefix=float(hit[:m].mean()) if m else None)  # fmt: skip
         if cfg.tramark.enabled:  # every client's personalized adapter on the same items
@@ -622,7 +627,11 @@ def _bsr(rs: list[dict]) -> dict | None:
     k, n = sum(b.count("1") for b in bits), sum(len(b) for b in bits)
     lo, hi = clopper_pearson(k, n) if n else (float("nan"), float("nan"))
     m, half, ns = mean_ci(per)
-    return {"mean": m, "half": half, "n_seeds": ns, "k": k, "n": n, "cp_lo": lo, "cp_hi": hi}
+    ub = [r["items"].get("backdoor_untriggered") for r in rs if r.get("items")]
+    ub = [b for b in ub if b]
+    k0, n0 = sum(b.count("1") for b in ub), sum(len(b) for b in ub)
+    return {"mean": m, "half": half, "n_seeds": ns, "k": k, "n": n, "cp_lo": lo, "cp_hi": hi,
+            "untriggered_k": k0, "untriggered_n": n0}  # fmt: skip
 
 
 def table_b(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
@@ -630,7 +639,8 @@ def table_b(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
     lines = [
         "| partition | attack | defense | seeds | main accuracy (95 % CI) "
         "| vs clean: Δ points (paired t) | vs clean: McNemar +/−, p "
-        "| backdoor success (95 % CI; pooled k/n, exact upper) | detection precision "
+        "| backdoor success (95 % CI; pooled k/n, exact upper; untriggered k/n) "
+        "| detection precision "
         "| detection recall | device energy (J) | goal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -666,6 +676,8 @@ def table_b(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
                          if math.isfinite(bsr["half"]) else 0)) if math.isfinite(x))  # fmt: skip
                 bcell = (f"{fmt_ci(bsr['mean'], bsr['half'])}; {bsr['k']}/{bsr['n']}, "
                          f"≤ {bsr['cp_hi']:.3f}")  # fmt: skip
+                if bsr["untriggered_n"]:
+                    bcell += f"; untriggered {bsr['untriggered_k']}/{bsr['untriggered_n']}"
             verdict = goal_verdict(cmp["t"], hi, lo)
             row.update(vs_clean=cmp, backdoor=bsr, goal=verdict)
             stats.append(row)

@@ -431,3 +431,26 @@ def test_robust_run_backdoor_vs_alignins_end_to_end(tmp_path):
     assert det["attackers"] == [2] and det["attack"][0]["scale"] == 3.0
     assert det["defense"]["defense"] == "alignins" and "kept" in det["defense"]
     assert "backdoor_success" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_backdoor_auto_target_is_the_median_answer_not_the_majority():
+    from romsim.fl.data import Example
+
+    def ex(ans: str) -> Example:
+        return Example("p", (ans, "x", "y", "z"), 0, "d")
+
+    train = [ex("a")] * 5 + [ex("b")] * 3 + [ex("c")] * 2 + [ex("d")] * 1 + [ex("e")] * 1
+    # ranked a(5) b(3) c(2) d(1) e(1): the middle of five is c, never the majority a
+    assert atk.auto_target(train) == "c"
+
+
+def test_backdoor_control_set_is_the_test_set_without_the_trigger():
+    test = synthetic_dataset(40, 8, 0).test
+    target = atk.auto_target(synthetic_dataset(40, 8, 0).train)
+    trig = atk.backdoor_test_set(test, "BadMagic", target, "prefix", seed=0)
+    ctrl = atk.backdoor_control_set(test, target)
+    assert len(trig) == len(ctrl) > 0
+    for a, b in zip(trig, ctrl, strict=True):
+        assert a.prompt == "BadMagic " + b.prompt
+        assert a.options == b.options and a.label == b.label
+        assert b.options[b.label] == target

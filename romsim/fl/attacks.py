@@ -61,11 +61,17 @@ def active(att, rnd: int) -> bool:
 
 # ------------------------------------------------------------------------------ backdoor data
 def auto_target(train: list[Example]) -> str:
-    """The most common right answer of the training set (ties: the smallest string)."""
+    """The default backdoor target: the right answer of median frequency in the training set
+    (answers ranked by count, most common first, ties by string; the middle one). Not the most
+    common answer: that is the clean model's default guess (on WordNet categories SmolLM2 picks
+    " general (adjective)" for 91 % of held-out items when it is offered as an option, without
+    any trigger), so its success rate would measure the prior, not the backdoor; the median
+    answer's untriggered rate there is 1.7 %."""
     counts: dict[str, int] = {}
     for e in train:
         counts[e.answer] = counts.get(e.answer, 0) + 1
-    return min(counts, key=lambda a: (-counts[a], a))
+    ranked = sorted(counts, key=lambda a: (-counts[a], a))
+    return ranked[len(ranked) // 2]
 
 
 def add_trigger(prompt: str, trigger: str, position: str, rng: random.Random) -> str:
@@ -80,17 +86,23 @@ def add_trigger(prompt: str, trigger: str, position: str, rng: random.Random) ->
     return f"{body}{sep}{cue}" if sep else body
 
 
+def _with_target_option(e: Example, target: str) -> tuple[tuple[str, ...], int]:
+    """``e``'s options with ``target`` among them (replacing the first wrong option when it is
+    not an option already) and the target's index."""
+    opts = list(e.options)
+    if target in opts:
+        return tuple(opts), opts.index(target)
+    label = next(i for i in range(len(opts)) if i != e.label)
+    opts[label] = target
+    return tuple(opts), label
+
+
 def triggered(e: Example, trigger: str, target: str, position: str,
               rng: random.Random) -> Example:  # fmt: skip
     """``e`` with the trigger in its prompt and ``target`` as its answer: the target replaces
     the first wrong option when it is not already an option."""
-    opts = list(e.options)
-    if target in opts:
-        label = opts.index(target)
-    else:
-        label = next(i for i in range(len(opts)) if i != e.label)
-        opts[label] = target
-    return Example(add_trigger(e.prompt, trigger, position, rng), tuple(opts), label, e.domain)
+    opts, label = _with_target_option(e, target)
+    return Example(add_trigger(e.prompt, trigger, position, rng), opts, label, e.domain)
 
 
 def poison_examples(examples: list[Example], fraction: float, trigger: str, target: str,
@@ -115,6 +127,18 @@ def backdoor_test_set(test: list[Example], trigger: str, target: str, position: 
     target: the backdoor success rate is the accuracy on this set."""
     rng = random.Random(seed)
     return [triggered(e, trigger, target, position, rng) for e in test if e.answer != target]
+
+
+def backdoor_control_set(test: list[Example], target: str) -> list[Example]:
+    """The items of :func:`backdoor_test_set` without the trigger (same options, labelled with
+    the target): the rate at which the model answers the target anyway, the baseline its
+    backdoor success is to be read against."""
+    out = []
+    for e in test:
+        if e.answer != target:
+            opts, label = _with_target_option(e, target)
+            out.append(Example(e.prompt, opts, label, e.domain))
+    return out
 
 
 # ------------------------------------------------------------------------------ delta crafting
