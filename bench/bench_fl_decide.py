@@ -236,8 +236,10 @@ def binom_half(n: int, p: float = 0.5) -> float:
 def goal_verdict(delta: dict, bsr_hi: float | None, bsr_lo: float | None,
                  tol: float = 0.02, bsr_max: float = 0.05) -> str:  # fmt: skip
     """Goal: main accuracy within ``tol`` of the clean run, backdoor success below ``bsr_max``.
-    ``delta``: paired_t of (run - clean); ``bsr_*``: the backdoor success interval (None: no
-    backdoor). "met"/"missed" only when the intervals decide, else "undecided"."""
+    ``delta``: paired_t of (run - clean); ``bsr_*``: the interval of the backdoor success in
+    excess of the clean run's model on the same triggered items (the raw rate's when there is no
+    clean control; None: no backdoor). "met"/"missed" only when the intervals decide, else
+    "undecided"."""
     lo, hi = delta["diff"] - delta["half"], delta["diff"] + delta["half"]
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "undecided"
@@ -466,7 +468,8 @@ class Rescorer:
         cache = out / "decide_items.json"
         if cache.is_file():
             got = json.loads(cache.read_text())
-            if got.get("layout") == lay and (not cfg.tramark.enabled or "personalized" in got):
+            if got.get("layout") == lay and (not cfg.tramark.enabled or "personalized" in got) \
+                    and (cfg.attackers or "backdoor_clean" in got):  # fmt: skip
                 return got
         from romsim.fl import train as T
         from romsim.fl.data import load_dataset
@@ -508,6 +511,19 @@ class Rescorer:
                        backdoor_untriggered="".join("1" if x else "0" for x in base))  # fmt: skip
             res["checks"].update(logged_backdoor=rows[-1]["backdoor_success"],
                                  rescored_backdoor_prefix=float(hit[:m].mean()) if m else None)  # fmt: skip
+        if not cfg.attackers:  # the clean model on (b)'s triggered items: the attack's baseline
+            from romsim.fl.attacks import auto_target, backdoor_test_set
+            from romsim.fl.config import AttackerSection
+            from romsim.fl.data import server_holdout
+
+            spec = {k: v for k, v in ATTACKS["backdoor"].items() if k != "scale"}
+            bd0 = AttackerSection.model_validate(spec)
+            tgt = bd0.target or auto_target(server_holdout(ds.train, cfg.masa_aux_count())[0])
+            trig = backdoor_test_set(items, bd0.trigger, tgt, bd0.trigger_position, cfg.run.seed)
+            hit = T.predict(self.bundle, trig, cfg.train.eval_batch) == np.array(
+                [x.label for x in trig])  # fmt: skip
+            res.update(backdoor_clean="".join("1" if x else "0" for x in hit),
+                       backdoor_clean_target=tgt)  # fmt: skip
         if cfg.tramark.enabled:  # every client's personalized adapter on the same items
             from romsim.fl.tramark import load_peft_arrays
 
@@ -616,8 +632,19 @@ def table_a(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
     return "\n".join(lines) + "\n", stats
 
 
-def _bsr(rs: list[dict]) -> dict | None:
-    """Backdoor success over seeds (mean ± t) and pooled over items (Clopper-Pearson)."""
+def _paired_mean(d: list[int]) -> tuple[float, float]:
+    """Mean and 95 % normal half-width of paired item differences in {-1, 0, 1}."""
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    m = sum(d) / len(d)
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
+    return m, 1.96 * sd / math.sqrt(len(d))
+
+
+def _bsr(rs: list[dict], clean: list[dict] | None = None) -> dict | None:
+    """Backdoor success over seeds (mean ± t) and pooled over items (Clopper-Pearson); the
+    untriggered control (same items and options, no trigger) and, with ``clean``, the success
+    in excess of the clean run's model on the same triggered items, paired item by item."""
     bits = [r["items"]["backdoor"] for r in rs if r.get("items") and r["items"].get("backdoor")]
     per = [b.count("1") / len(b) if b else float("nan") for b in bits]
     if not per:
@@ -627,11 +654,28 @@ def _bsr(rs: list[dict]) -> dict | None:
     k, n = sum(b.count("1") for b in bits), sum(len(b) for b in bits)
     lo, hi = clopper_pearson(k, n) if n else (float("nan"), float("nan"))
     m, half, ns = mean_ci(per)
-    ub = [r["items"].get("backdoor_untriggered") for r in rs if r.get("items")]
-    ub = [b for b in ub if b]
-    k0, n0 = sum(b.count("1") for b in ub), sum(len(b) for b in ub)
+    # the trigger's effect: with minus without the trigger, item by item
+    pairs = [(r["items"]["backdoor"], r["items"].get("backdoor_untriggered"))
+             for r in rs if r.get("items") and r["items"].get("backdoor")]  # fmt: skip
+    pairs = [(a, b) for a, b in pairs if b and len(b) == len(a)]
+    k0, n0 = sum(b.count("1") for _, b in pairs), sum(len(b) for _, b in pairs)
+    net, net_half = _paired_mean(
+        [int(x) - int(y) for a, b in pairs for x, y in zip(a, b, strict=True)]
+    )
+    # the excess over the clean run of the same seed (its model on the same triggered items)
+    by_seed = {c["seed"]: c.get("items") or {} for c in clean or []}
+    d_ex, kc, nc = [], 0, 0
+    for r in rs:
+        it, c = r.get("items") or {}, by_seed.get(r["seed"], {})
+        a, b = it.get("backdoor"), c.get("backdoor_clean")
+        if a and b and len(a) == len(b) and it.get("backdoor_target") == c.get(
+                "backdoor_clean_target"):  # fmt: skip
+            d_ex += [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+            kc, nc = kc + b.count("1"), nc + len(b)
+    ex, ex_half = _paired_mean(d_ex)
     return {"mean": m, "half": half, "n_seeds": ns, "k": k, "n": n, "cp_lo": lo, "cp_hi": hi,
-            "untriggered_k": k0, "untriggered_n": n0}  # fmt: skip
+            "untriggered_k": k0, "untriggered_n": n0, "net": net, "net_half": net_half,
+            "clean_k": kc, "clean_n": nc, "excess": ex, "excess_half": ex_half}  # fmt: skip
 
 
 def table_b(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
@@ -639,7 +683,7 @@ def table_b(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
     lines = [
         "| partition | attack | defense | seeds | main accuracy (95 % CI) "
         "| vs clean: Δ points (paired t) | vs clean: McNemar +/−, p "
-        "| backdoor success (95 % CI; pooled k/n, exact upper; untriggered k/n) "
+        "| target answered on triggered items: pooled k/n; clean model; excess, points; untriggered "
         "| detection precision "
         "| detection recall | device energy (J) | goal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -666,18 +710,28 @@ def table_b(records: list[dict], grid: dict) -> tuple[str, list[dict]]:
                 stats.append(row)
                 continue
             cmp = compare(rs, clean)
-            bsr = _bsr(rs) if a == "backdoor" else None
+            bsr = _bsr(rs, clean) if a == "backdoor" else None
             hi = lo = None
             bcell = "–"
             if bsr:
-                hi = max(x for x in (bsr["cp_hi"], bsr["mean"] + (bsr["half"]
-                         if math.isfinite(bsr["half"]) else 0)) if math.isfinite(x))  # fmt: skip
-                lo = min(x for x in (bsr["cp_lo"], bsr["mean"] - (bsr["half"]
-                         if math.isfinite(bsr["half"]) else 0)) if math.isfinite(x))  # fmt: skip
-                bcell = (f"{fmt_ci(bsr['mean'], bsr['half'])}; {bsr['k']}/{bsr['n']}, "
-                         f"≤ {bsr['cp_hi']:.3f}")  # fmt: skip
+                if math.isfinite(bsr["excess"]):  # the goal reads the excess over clean
+                    hi = bsr["excess"] + bsr["excess_half"]
+                    lo = bsr["excess"] - bsr["excess_half"]
+                else:  # no clean control: the raw rate's bounds
+                    hi = max(x for x in (bsr["cp_hi"], bsr["mean"] + (bsr["half"]
+                             if math.isfinite(bsr["half"]) else 0)) if math.isfinite(x))  # fmt: skip
+                    lo = min(x for x in (bsr["cp_lo"], bsr["mean"] - (bsr["half"]
+                             if math.isfinite(bsr["half"]) else 0)) if math.isfinite(x))  # fmt: skip
+                bcell = f"{bsr['k']}/{bsr['n']} = {bsr['k'] / bsr['n']:.3f}" if bsr["n"] else "–"
+                if bsr["clean_n"]:
+                    bcell += (
+                        f"; clean model {bsr['clean_k']}/{bsr['clean_n']}; **excess "
+                        f"{100 * bsr['excess']:+.1f} ± {100 * bsr['excess_half']:.1f}**"
+                    )
                 if bsr["untriggered_n"]:
-                    bcell += f"; untriggered {bsr['untriggered_k']}/{bsr['untriggered_n']}"
+                    bcell += (f"; untriggered {bsr['untriggered_k']}/{bsr['untriggered_n']} "
+                              f"(trigger effect {100 * bsr['net']:+.1f} ± "
+                              f"{100 * bsr['net_half']:.1f})")  # fmt: skip
             verdict = goal_verdict(cmp["t"], hi, lo)
             row.update(vs_clean=cmp, backdoor=bsr, goal=verdict)
             stats.append(row)
