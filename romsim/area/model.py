@@ -229,7 +229,9 @@ def blocks(chip: ChipConfig) -> list[Component]:
     gate_fj = n.gate_op_fj()
     w_bits = chip.quant.default.code_bits_per_weight
     macs_per_cycle = max(1.0, chip.cell.mac_weight_bits_per_cycle / w_bits)
-    # clock of gated registers, priced in the action that makes them work (0 without gating)
+    # clock of gated registers, priced in the action that makes them work (0 without gating);
+    # the adder tree's registers are charged with the cells' working cycles (it is busy only
+    # while reducing, a few % of them: a small over-count, chosen for one action per cycle)
     clk_j = n.flop_clock_fj * _FJ if chip.operating.clock_gating else 0.0
     periph_flops = unit_periphery_flops(chip)
     l_mac_j = (
