@@ -209,7 +209,7 @@ def test_no_energy_is_fitted():
 
 
 # ---- the two energy anchors and the clock (issue 10: energy predicted from published values)
-_OPS = {  # Node method -> (anchor key, how to call it)
+_OPS = {  # label -> the Node call that gives that energy
     "int8_mult_pj": lambda n: n.int_mult_pj(8, 8),
     "int32_add_pj": lambda n: n.int_add_pj(32),
     "fp16_mac": lambda n: n.fp_mac_pj(16),

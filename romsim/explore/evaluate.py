@@ -680,11 +680,6 @@ def _macro_eff(bits: Num, e1: float, e8: float, cell: float, cell7: float, ls: f
     return cells / (cells + periph_7 * ls)
 
 
-def _sram_read_pj_per_bit(n: Node, array_bytes: Num) -> Num:
-    """romsim.tech.Node.sram_read_pj_per_bit (array-valued there too)."""
-    return n.sram_read_pj_per_bit(array_bytes)
-
-
 @dataclass
 class _Area:
     total: Num  # area_mm2 (sum of on-die blocks)
@@ -826,7 +821,7 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     else:
         bank_bytes = v("rom.bank_rows") * W / 8
         factor = T.BROM_READ_FACTOR if style == "brom" else 1.0
-        rom_j = _sram_read_pj_per_bit(n, bank_bytes) * (
+        rom_j = n.sram_read_pj_per_bit(bank_bytes) * (
             math.sqrt(1 / 3) * factor * _PJ
         )  # Node.rom_read_pj_per_bit
     # romsim.area.model.cell_cycle_j and the clock (blocks' flops_each, clock_cycles)
@@ -853,7 +848,7 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     else:
         cycle_clock_j = all_flops * n.flop_clock_fj * _FJ
     macs_per_cycle = np.maximum(1.0, mwb / g.w_bits)
-    sram_j = 8 * _sram_read_pj_per_bit(n, h_macro_bits / 8) * _PJ
+    sram_j = 8 * n.sram_read_pj_per_bit(h_macro_bits / 8) * _PJ  # array-valued
     fp = n.fp_mac_pj(16) * _PJ + T.FLOPS_PER_FP16_LANE * clk_j
     out.actions = {
         "rom_bits": rom_j,

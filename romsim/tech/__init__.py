@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+import numpy as np
+
 from romsim.errors import RomsimInputError
 
 ROM_TO_SRAM_CELL = 1 / 3  # (P) ROMA: standard ROM bit cell ~1/3 of the SRAM cell, 7 nm compiler
@@ -55,8 +57,6 @@ def nodes_nm() -> tuple[int, ...]:
 def _sram_curve(a: dict, x):  # noqa: ANN001, ANN202 (float or numpy array)
     """pJ per 64-bit read at log2(bytes) ``x`` from one anchor's three published points (8 KB,
     32 KB, 1 MB joined log-linearly, extrapolated with the end slopes); ``x`` may be an array."""
-    import numpy as np
-
     y8, y32, y1m = (math.log2(a[f"sram_{k}_read_pj_per_64b"]) for k in ("8kb", "32kb", "1mb"))
     low = y8 + (y32 - y8) * (x - 13.0) / 2.0
     high = y32 + (y1m - y32) * (x - 15.0) / 5.0
@@ -158,8 +158,6 @@ class Node:
         """A read of a macro of ``array_bytes``, per bit of a 64-bit access: each anchor's
         8 KB, 32 KB and 1 MB points joined log-linearly (extrapolated with the end slopes),
         then rule 1 with the bit-cell geometry. ``array_bytes`` may be a numpy array."""
-        import numpy as np
-
         x = np.log2(np.maximum(array_bytes, 64.0))
         e45 = _sram_curve(_table()["anchor"], x)
         e7 = _sram_curve(_table()["anchor7"], x)
