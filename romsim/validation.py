@@ -321,17 +321,19 @@ exponent, 9 bits per value), LoRA on all seven linears in FP8.
   ISSCC 2014) and 7 nm (Jouppi et al., ISCA 2021, TPUv4i Table 2: TSMC N7, ROMA's node), the
   clock of flip-flops and clock gates from the ASAP7 7 nm library, the fused cell's gate and
   flop counts from Yosys synthesis of the generated RTL, wire energy per mm over the die's real
-  hop lengths, SRAM leakage per bit. Per token (`romsim estimate --preset roma-3b-w4
-  --prompt-len 1 --gen-len 1 --json`, field `energy_breakdown_j`) the fused cells' datapath and
-  the ROM reads are about three quarters of the energy; then the activation broadcast across
-  each unit, the mesh links, leakage (mostly the 304 MB of SRAM), LoRA/KV SRAM reads and the
-  clock. Power lands within its target; energy per token is +29 %, outside ±25 %, partly
-  because romsim's decode rate is 9 % below the paper's (energy = power / rate). Registers are
-  clock-gated by default (integrated clock gates, one per 32 flops, inserted by synthesis as
+  hop lengths, and leakage from the same ASAP7 library (its off fins and NAND2 at TT, 0.7 V,
+  25 °C: SRAM cells 10.4 pW per bit, logic 0.49 mW/mm²). Per token (`romsim estimate --preset
+  roma-3b-w4 --detail`, or `--json`, field `energy_breakdown_j`) the fused cells' datapath and
+  the ROM reads are about four fifths of the energy; then the activation broadcast across each
+  unit, the mesh links, LoRA/KV SRAM reads, the H-Unit, the clock gates and leakage (0.2 W, 1 %).
+  Both rows land within ±25 %. Energy per token is the larger miss (+19 %) because romsim's
+  decode rate is 9 % below the paper's (energy = power / rate): most of it is dynamic energy per
+  operation, so power at the paper's rate would be +19 % too. Leakage is at the library's 25 °C
+  corner; a hot die leaks several times more: ten times the leakage would give +26 %. Registers
+  are clock-gated by default (integrated clock gates, one per 32 flops, inserted by synthesis as
   standard low-power practice); the paper does not say, so the rows without clock gating (every
   flop clocked every cycle) are shown beside. Not modelled: the clock tree's own wires and
-  buffers beyond the leaf cells, glitching beyond the per-gate energy, IO. The energy row is
-  kept as a miss (tests/test_validation.py lists it).
+  buffers beyond the leaf cells, glitching beyond the per-gate energy, IO.
 - **Throughput by input length.** The paper does not state the output length; the minimax fit
   over multiples of 64 is shown in the table. The four figures are not quite smooth in the input
   length (from 256 to 512 input tokens the paper loses 7 % throughput, from 512 to 1K 31 %), so

@@ -310,3 +310,42 @@ def test_chosen_datapath_activity_lies_in_the_measured_range():
         assert r["nand2_eq_ratio"] == pytest.approx(1.0, abs=0.01)
         lo, hi = r["activity_all_nand2"], r["unit_delay"]["activity_all_nand2"]
         assert lo < T.DATAPATH_ACTIVITY <= hi * 1.01
+
+
+def test_leakage_follows_the_asap7_fins_and_nand2():
+    """Leakage constants come from the 7 nm library's off fins and NAND2 ([anchor7]) by the rules
+    in romsim/area/tech.py, not chosen."""
+    from romsim.area import tech as T
+
+    a7 = TABLE["anchor7"]
+    assert T.SRAM_CELL_LEAK_W == pytest.approx(
+        (a7["pfin_off_leak_pw"] + 2 * a7["nfin_off_leak_pw"]) * 1e-12
+    )
+    assert T.LOGIC_LEAK_W_PER_MM2_7NM == pytest.approx(
+        a7["nand2_leak_pw"] * 1e-12 * T.LOGIC_UTILISATION / (node(7).nand2_um2 * 1e-6)
+    )
+    assert T.ROM_LEAK_W_PER_MM2_7NM == pytest.approx(
+        a7["nfin_off_leak_pw"] * 1e-12 / (node(7).rom_bitcell_um2 * 1e-6)
+    )
+    for k in ("nfin_off_leak_pw", "pfin_off_leak_pw", "nand2_leak_pw"):
+        assert "ASAP7" in a7[f"{k}_src"]
+
+
+def test_sram_leaks_by_its_cells_and_periphery_and_cells_by_rom_and_compute():
+    from romsim.area import tech as T
+    from romsim.area.model import cell_area_mm2
+
+    chip = load_chip("roma-3b-w4")  # 7 nm: leakage_scale 1
+    b = {x.name: x for x in blocks(chip)}
+    bits = chip.sram.lora_kv_bytes * 8
+    sram = b["lora_kv_sram"]
+    periph = sram.area_mm2 - bits * node(7).sram_bitcell_um2 * 1e-6
+    assert 0 < periph < sram.area_mm2
+    want = bits * T.SRAM_CELL_LEAK_W + periph * T.LOGIC_LEAK_W_PER_MM2_7NM
+    assert sram.leakage_w == pytest.approx(want)
+    cell = cell_area_mm2(chip)
+    want_cell = (
+        cell["rom_array_mm2"] * T.ROM_LEAK_W_PER_MM2_7NM
+        + cell["compute_mm2"] * T.LOGIC_LEAK_W_PER_MM2_7NM
+    )
+    assert b["fused_cells"].leakage_w_each == pytest.approx(want_cell)

@@ -221,10 +221,11 @@ def blocks(chip: ChipConfig) -> list[Component]:
     U, VU = chip.mesh.matrix_units, chip.mesh.vector_units
     style = chip.rom.style
     cell = cell_area_mm2(chip)
-    rom_share = cell["rom_array_mm2"] / cell["cell_mm2"] if cell["cell_mm2"] else 0.0
+    # the ROM array's devices and the compute's both leak (in the fused layout they share one
+    # footprint: the B-ROM's metal over the compute's transistors)
     rom_leak_w_mm2 = T.ROM_LEAK_W_PER_MM2_7NM if style != "logic" else T.LOGIC_LEAK_W_PER_MM2_7NM
-    cell_leak = cell["cell_mm2"] * (
-        rom_share * rom_leak_w_mm2 + (1 - rom_share) * T.LOGIC_LEAK_W_PER_MM2_7NM
+    cell_leak = (
+        cell["rom_array_mm2"] * rom_leak_w_mm2 + cell["compute_mm2"] * T.LOGIC_LEAK_W_PER_MM2_7NM
     )
     gate_fj = n.gate_op_fj()
     w_bits = chip.quant.default.code_bits_per_weight
@@ -259,8 +260,13 @@ def blocks(chip: ChipConfig) -> list[Component]:
     )
     link_bits = chip.interconnect.link_bytes_per_cycle * 8
     router = _logic_mm2(5 * link_bits * T.GATES_ROUTER_PER_PORT_BIT, n)
-    sram_leak_w_bit = T.SRAM_LEAK_W_PER_MBIT_7NM / 1e6 * leak
     logic_leak = T.LOGIC_LEAK_W_PER_MM2_7NM * leak
+
+    def sram_leak(bits: float, area_mm2: float) -> float:
+        """Bit cells, and the macros' periphery (their area beyond the cells) as logic."""
+        periph = max(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
+        return bits * T.SRAM_CELL_LEAK_W * leak + periph * logic_leak
+
     h_macro_bytes = h_macro_bits / 8
     out = [
         Component(
@@ -273,7 +279,7 @@ def blocks(chip: ChipConfig) -> list[Component]:
             gated_by="rom", flops_each=periph_flops,
         ),
         Component(
-            "lora_kv_sram", "H-Unit", 1, h_sram, chip.sram.lora_kv_bytes * 8 * sram_leak_w_bit,
+            "lora_kv_sram", "H-Unit", 1, h_sram, sram_leak(chip.sram.lora_kv_bytes * 8, h_sram),
             {
                 "sram_read_bytes": 8 * n.sram_read_pj_per_bit(h_macro_bytes) * _PJ,
                 "sram_write_bytes": 8 * n.sram_write_pj_per_bit(h_macro_bytes) * _PJ,
@@ -287,7 +293,7 @@ def blocks(chip: ChipConfig) -> list[Component]:
         ),
         Component(
             "vector_units", "Vector", max(VU, 1), v_sram + v_logic,
-            chip.sram.act_bytes * 8 / max(VU, 1) * sram_leak_w_bit + v_logic * logic_leak,
+            sram_leak(chip.sram.act_bytes * 8 / max(VU, 1), v_sram) + v_logic * logic_leak,
             {"vec_ops": n.fp_mac_pj(16) * _PJ + lane_clk_j},
             flops_each=vector_unit_flops(chip),
         ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from romsim.tech import node
+from romsim.tech import anchor7, node
 
 # --- memory arrays (ratios and the 7 nm compiler's efficiency curve) -------------------------
 BROM_AREA_FACTOR = 0.60  # (P) B-ROM: ~40 % less area than a standard ROM
@@ -54,10 +54,20 @@ DATAPATH_ACTIVITY = 1.0  # (C) output transitions per NAND2-eq of a busy datapat
 #   counted, an over-count): the chosen 1.0 lies inside, near the glitch-inclusive end
 
 # --- leakage at 7 nm (scaled to other nodes by romsim.tech.Node.leakage_scale) ----------------
-SRAM_LEAK_W_PER_MBIT_7NM = 1.0e-3  # (C) HD SRAM array leakage at nominal voltage, hot; no
-#                                    per-node published figure was found (docs/constants.md)
-LOGIC_LEAK_W_PER_MM2_7NM = 0.010  # (C) standard-cell logic at nominal voltage, likewise
-ROM_LEAK_W_PER_MM2_7NM = 0.001  # (C) ROM arrays: few transistors, no cross-coupled cells
+# (D) from the ASAP7 7 nm library's leakage at TT, 0.7 V, 25 C (romsim/tech/nodes.toml [anchor7]:
+# one off fin of the SRAM-Vt flavour, a NAND2xp33 of the RVT flavour), by these rules; the same
+# corner as the library's clock energies. A hot die leaks several times more (not modelled).
+_A7 = anchor7()
+_PW = 1e-12
+# a 6T HD (one fin per device) cell holding a bit, bit lines precharged: its off pull-up (P), off
+# pull-down (N) and the pass gate on its 0 side (N) leak
+SRAM_CELL_LEAK_W = (_A7["pfin_off_leak_pw"] + 2 * _A7["nfin_off_leak_pw"]) * _PW
+SRAM_LEAK_W_PER_MBIT_7NM = SRAM_CELL_LEAK_W * 1e6  # per 10^6 bit cells (periphery as logic)
+# placed standard-cell logic: one NAND2xp33 per NAND2-eq at the placement utilisation
+LOGIC_LEAK_W_PER_MM2_7NM = _A7["nand2_leak_pw"] * _PW * LOGIC_UTILISATION / (NAND2_UM2 * 1e-6)
+# ROM arrays: at most one off N fin (bit line precharged) per raw 7 nm ROM cell area (an upper
+# bound: B-ROM and NOR ROMs hold fewer devices than bit positions)
+ROM_LEAK_W_PER_MM2_7NM = _A7["nfin_off_leak_pw"] * _PW / (node(COMPILER_NODE_NM).rom_bitcell_um2 * 1e-6)
 POWER_GATE_RESIDUAL = 0.05  # (C) leakage left in a gated block behind high-Vt header switches
 #                             (the MTCMOS technique of Mutoh et al., JSSC 1995); ~20x cut
 POWER_GATE_AREA_OVERHEAD = 0.03  # (C) sleep transistors and isolation cells, ~3 % of a block

@@ -758,9 +758,8 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
         rom = bits_cell * n.rom_bitcell_um2 * factor / eff / UM2_PER_MM2
     comp = logic_mm2(gates)
     cell = np.maximum(rom, comp) if style == "brom" else rom + comp
-    rom_share = np.where(cell != 0, rom / np.where(cell != 0, cell, 1.0), 0.0)
     rom_leak = T.ROM_LEAK_W_PER_MM2_7NM if style != "logic" else T.LOGIC_LEAK_W_PER_MM2_7NM
-    cell_leak = cell * (rom_share * rom_leak + (1 - rom_share) * T.LOGIC_LEAK_W_PER_MM2_7NM)
+    cell_leak = rom * rom_leak + comp * T.LOGIC_LEAK_W_PER_MM2_7NM
 
     buf_bits = v("area.unit_buffer_bytes") * 8
     unit_periph = logic_mm2((v("cell.cells_per_unit") - 1) * T.GATES_ADDER32) + sram_mm2(
@@ -782,8 +781,12 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     router = logic_mm2(
         5 * (v("interconnect.link_bytes_per_cycle") * 8) * T.GATES_ROUTER_PER_PORT_BIT
     )
-    sram_leak_w_bit = T.SRAM_LEAK_W_PER_MBIT_7NM / 1e6 * leak
     logic_leak = T.LOGIC_LEAK_W_PER_MM2_7NM * leak
+
+    def sram_leak(bits: Num, area_mm2: Num) -> Num:  # romsim.area.model.blocks' sram_leak
+        periph = np.maximum(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
+        return bits * T.SRAM_CELL_LEAK_W * leak + periph * logic_leak
+
     areas = {
         "fused_cells": d.n_cells * cell,
         "unit_periphery": U * unit_periph,
@@ -795,9 +798,9 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     leaks = {
         "fused_cells": d.n_cells * (cell_leak * leak),
         "unit_periphery": U * (unit_periph * logic_leak),
-        "lora_kv_sram": lkv * 8 * sram_leak_w_bit,
+        "lora_kv_sram": sram_leak(lkv * 8, h_sram),
         "h_compute": U * (h_logic * logic_leak),
-        "vector_units": VU1 * (act * 8 / VU1 * sram_leak_w_bit + v_logic * logic_leak),
+        "vector_units": VU1 * (sram_leak(act * 8 / VU1, v_sram) + v_logic * logic_leak),
         "routers": (U + VU_raw) * (router * logic_leak),
     }
     core = sum(areas.values())

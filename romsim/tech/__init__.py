@@ -186,6 +186,11 @@ class Node:
         return (self.ioff_na_per_um * self.vdd_v) / (ref.ioff_na_per_um * ref.vdd_v)
 
 
+def anchor7() -> dict:
+    """The 7 nm anchor's published values (nodes.toml ``[anchor7]``), sources included."""
+    return dict(_table()["anchor7"])
+
+
 @cache
 def node(nm: int) -> Node:
     """The table's entry for ``nm`` (a one-line error for a node the table lacks)."""
