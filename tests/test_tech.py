@@ -318,13 +318,18 @@ def test_leakage_follows_the_asap7_fins_and_nand2():
     from romsim.area import tech as T
 
     a7 = TABLE["anchor7"]
-    assert T.SRAM_CELL_LEAK_W == pytest.approx(
+    sram_cell_w, logic_w_mm2, rom_w_mm2 = (
+        T.SRAM_CELL_LEAK_W,
+        T.LOGIC_LEAK_W_PER_MM2_7NM,
+        T.ROM_LEAK_W_PER_MM2_7NM,
+    )
+    assert sram_cell_w == pytest.approx(
         (a7["pfin_off_leak_pw"] + 2 * a7["nfin_off_leak_pw"]) * 1e-12
     )
-    assert T.LOGIC_LEAK_W_PER_MM2_7NM == pytest.approx(
+    assert logic_w_mm2 == pytest.approx(
         a7["nand2_leak_pw"] * 1e-12 * T.LOGIC_UTILISATION / (node(7).nand2_um2 * 1e-6)
     )
-    assert T.ROM_LEAK_W_PER_MM2_7NM == pytest.approx(
+    assert rom_w_mm2 == pytest.approx(
         a7["nfin_off_leak_pw"] * 1e-12 / (node(7).rom_bitcell_um2 * 1e-6)
     )
     for k in ("nfin_off_leak_pw", "pfin_off_leak_pw", "nand2_leak_pw"):

@@ -67,7 +67,9 @@ SRAM_LEAK_W_PER_MBIT_7NM = SRAM_CELL_LEAK_W * 1e6  # per 10^6 bit cells (periphe
 LOGIC_LEAK_W_PER_MM2_7NM = _A7["nand2_leak_pw"] * _PW * LOGIC_UTILISATION / (NAND2_UM2 * 1e-6)
 # ROM arrays: at most one off N fin (bit line precharged) per raw 7 nm ROM cell area (an upper
 # bound: B-ROM and NOR ROMs hold fewer devices than bit positions)
-ROM_LEAK_W_PER_MM2_7NM = _A7["nfin_off_leak_pw"] * _PW / (node(COMPILER_NODE_NM).rom_bitcell_um2 * 1e-6)
+ROM_LEAK_W_PER_MM2_7NM = (
+    _A7["nfin_off_leak_pw"] * _PW / (node(COMPILER_NODE_NM).rom_bitcell_um2 * 1e-6)
+)
 POWER_GATE_RESIDUAL = 0.05  # (C) leakage left in a gated block behind high-Vt header switches
 #                             (the MTCMOS technique of Mutoh et al., JSSC 1995); ~20x cut
 POWER_GATE_AREA_OVERHEAD = 0.03  # (C) sleep transistors and isolation cells, ~3 % of a block
