@@ -310,6 +310,12 @@ def test_chosen_datapath_activity_lies_in_the_measured_range():
         assert r["nand2_eq_ratio"] == pytest.approx(1.0, abs=0.01)
         lo, hi = r["activity_all_nand2"], r["unit_delay"]["activity_all_nand2"]
         assert lo < T.DATAPATH_ACTIVITY <= hi * 1.01
+        # and relative to the reference 32-bit adder measured the same way (the per-gate
+        # energy is the add's over GATES_ADDER32): inside that bracket too
+        lo, hi = r["equivalent_activity"], r["unit_delay"]["equivalent_activity"]
+        assert lo < T.DATAPATH_ACTIVITY < hi
+    for ref in act["reference_adder"].values():
+        assert ref["mismatches"] == 0
 
 
 def test_leakage_follows_the_asap7_fins_and_nand2():

@@ -51,7 +51,10 @@ DATAPATH_ACTIVITY = 1.0  # (C) output transitions per NAND2-eq of a busy datapat
 #   at the per-gate energy of the node's 32-bit add. Measured on the synthesized cell (S, gate-level
 #   simulation of a random tile, romsim/area/synth_activity.json, `python -m romsim.rtl.activity`):
 #   0.29-0.30 with zero-delay gates (no glitches) and 1.01-1.29 with a unit delay per gate (glitches
-#   counted, an over-count): the chosen 1.0 lies inside, near the glitch-inclusive end
+#   counted, an over-count): the chosen 1.0 lies inside, near the glitch-inclusive end. Against
+#   the reference 32-bit adder measured the same way (the per-gate energy is the add's energy over
+#   GATES_ADDER32, so what matters is the cell's switching relative to the adder's): 0.48-0.49
+#   (zero delay) to 1.11-1.42 (unit delay); 1.0 lies inside that bracket too
 
 # --- leakage at 7 nm (scaled to other nodes by romsim.tech.Node.leakage_scale) ----------------
 # (D) from the ASAP7 7 nm library's leakage at TT, 0.7 V, 25 C (romsim/tech/nodes.toml [anchor7]:
