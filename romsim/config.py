@@ -247,6 +247,13 @@ class OperatingConfig(_Strict):
         description="gate idle registers' clock (integrated clock gates, one per 32 flops): "
         "flops clocked only while their block works; false: every flop every cycle",
     )
+    junction_temp_c: float = Field(
+        25.0,
+        ge=25.0,
+        le=125.0,
+        description="junction temperature for leakage (C): 25 is the corner of the ASAP7 library "
+        "values; hotter scales off-currents by NeuroSim's 7 nm table (up to 125 C, its 400 K)",
+    )
 
 
 class OffChipConfig(_Strict):

@@ -26,6 +26,7 @@ VARIANTS = (
     {"placement.lm_head": "rom", "placement.embed": "rom"},
     {"placement.embed": "sram", "operating.power_gating": True},
     {"operating.clock_gating": False},
+    {"operating.junction_temp_c": 85.0, "operating.power_gating": True},
 )
 
 # numeric axes: key -> strategy around the presets (some values outside the schema on purpose)
@@ -48,6 +49,7 @@ AXES = {
     "tech.process_nm": st.sampled_from([7, 5, 16, 28]),
     "lora.rank": st.integers(0, 64),
     "operating.batch": st.integers(1, 16),
+    "operating.junction_temp_c": st.floats(0.0, 140.0),
 }
 
 

@@ -360,3 +360,26 @@ def test_sram_leaks_by_its_cells_and_periphery_and_cells_by_rom_and_compute():
         + cell["compute_mm2"] * T.LOGIC_LEAK_W_PER_MM2_7NM
     )
     assert b["fused_cells"].leakage_w_each == pytest.approx(want_cell)
+
+
+def test_leakage_rises_with_the_junction_temperature_by_the_neurosim_table():
+    from romsim.tech import leakage_temperature_factors
+
+    a7 = TABLE["anchor7"]
+    assert leakage_temperature_factors(25.0) == (1.0, 1.0)
+    fn, fp = leakage_temperature_factors(126.85)  # 400 K, the table's end
+    assert fn == pytest.approx(a7["ioff_n_ua_per_um"][-1] / a7["ioff_n_ua_per_um"][0])
+    assert fp == pytest.approx(a7["ioff_p_ua_per_um"][-1] / a7["ioff_p_ua_per_um"][0])
+    chip = load_chip("roma-3b-w4")
+    temps = (25.0, 50.0, 85.0, 125.0)
+    leaks = [leakage_w(chip.with_overrides(**{"operating.junction_temp_c": t})) for t in temps]
+    assert all(b > a for a, b in zip(leaks, leaks[1:], strict=False))
+    assert 10 < leaks[2] / leaks[0] < 40  # 85 C: N fins x15.6, P fins x33.7
+
+
+def test_junction_temperature_outside_the_table_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "hot.toml"
+    cfg.write_text('base = "roma-3b-w4"\n[operating]\njunction_temp_c = 150\n')
+    assert main(["estimate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "junction_temp_c" in err and "150" in err and len(err.strip().splitlines()) == 1

@@ -223,10 +223,10 @@ def blocks(chip: ChipConfig) -> list[Component]:
     cell = cell_area_mm2(chip)
     # the ROM array's devices and the compute's both leak (in the fused layout they share one
     # footprint: the B-ROM's metal over the compute's transistors)
-    rom_leak_w_mm2 = T.ROM_LEAK_W_PER_MM2_7NM if style != "logic" else T.LOGIC_LEAK_W_PER_MM2_7NM
-    cell_leak = (
-        cell["rom_array_mm2"] * rom_leak_w_mm2 + cell["compute_mm2"] * T.LOGIC_LEAK_W_PER_MM2_7NM
-    )
+    tj = chip.operating.junction_temp_c
+    logic_w_mm2 = T.logic_leak_w_per_mm2(tj)
+    rom_leak_w_mm2 = T.rom_leak_w_per_mm2(tj) if style != "logic" else logic_w_mm2
+    cell_leak = cell["rom_array_mm2"] * rom_leak_w_mm2 + cell["compute_mm2"] * logic_w_mm2
     gate_fj = n.gate_op_fj()
     w_bits = chip.quant.default.code_bits_per_weight
     macs_per_cycle = max(1.0, chip.cell.mac_weight_bits_per_cycle / w_bits)
@@ -260,12 +260,13 @@ def blocks(chip: ChipConfig) -> list[Component]:
     )
     link_bits = chip.interconnect.link_bytes_per_cycle * 8
     router = _logic_mm2(5 * link_bits * T.GATES_ROUTER_PER_PORT_BIT, n)
-    logic_leak = T.LOGIC_LEAK_W_PER_MM2_7NM * leak
+    logic_leak = logic_w_mm2 * leak
+    sram_cell_w = T.sram_cell_leak_w(tj)
 
     def sram_leak(bits: float, area_mm2: float) -> float:
         """Bit cells, and the macros' periphery (their area beyond the cells) as logic."""
         periph = max(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
-        return bits * T.SRAM_CELL_LEAK_W * leak + periph * logic_leak
+        return bits * sram_cell_w * leak + periph * logic_leak
 
     h_macro_bytes = h_macro_bits / 8
     out = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from romsim.tech import anchor7, node
+from romsim.tech import anchor7, leakage_temperature_factors, node
 
 # --- memory arrays (ratios and the 7 nm compiler's efficiency curve) -------------------------
 BROM_AREA_FACTOR = 0.60  # (P) B-ROM: ~40 % less area than a standard ROM
@@ -59,20 +59,41 @@ DATAPATH_ACTIVITY = 1.0  # (C) output transitions per NAND2-eq of a busy datapat
 # --- leakage at 7 nm (scaled to other nodes by romsim.tech.Node.leakage_scale) ----------------
 # (D) from the ASAP7 7 nm library's leakage at TT, 0.7 V, 25 C (romsim/tech/nodes.toml [anchor7]:
 # one off fin of the SRAM-Vt flavour, a NAND2xp33 of the RVT flavour), by these rules; the same
-# corner as the library's clock energies. A hot die leaks several times more (not modelled).
+# corner as the library's clock energies. At a hotter junction (``[operating] junction_temp_c``)
+# N and P fins leak by NeuroSim's 7 nm off-current table (romsim.tech.leakage_temperature_factors).
 _A7 = anchor7()
 _PW = 1e-12
-# a 6T HD (one fin per device) cell holding a bit, bit lines precharged: its off pull-up (P), off
-# pull-down (N) and the pass gate on its 0 side (N) leak
-SRAM_CELL_LEAK_W = (_A7["pfin_off_leak_pw"] + 2 * _A7["nfin_off_leak_pw"]) * _PW
+# share of the NAND2's leakage with its P fins off (one state of four; the others: N stack off)
+NAND2_P_OFF_SHARE = _A7["nand2_leak_p_off_pw"] / (4 * _A7["nand2_leak_pw"])
+
+
+def sram_cell_leak_w(junction_temp_c=25.0):  # noqa: ANN001, ANN201 (float or array)
+    """A 6T HD (one fin per device) cell holding a bit, bit lines precharged: its off pull-up
+    (P), off pull-down (N) and the pass gate on its 0 side (N) leak."""
+    fn, fp = leakage_temperature_factors(junction_temp_c)
+    return (_A7["pfin_off_leak_pw"] * fp + 2 * _A7["nfin_off_leak_pw"] * fn) * _PW
+
+
+def logic_leak_w_per_mm2(junction_temp_c=25.0):  # noqa: ANN001, ANN201
+    """Placed standard-cell logic: one NAND2xp33 per NAND2-eq at the placement utilisation."""
+    fn, fp = leakage_temperature_factors(junction_temp_c)
+    f = NAND2_P_OFF_SHARE * fp + (1 - NAND2_P_OFF_SHARE) * fn
+    return _A7["nand2_leak_pw"] * f * _PW * LOGIC_UTILISATION / (NAND2_UM2 * 1e-6)
+
+
+def rom_leak_w_per_mm2(junction_temp_c=25.0):  # noqa: ANN001, ANN201
+    """ROM arrays: at most one off N fin (bit line precharged) per raw 7 nm ROM cell area (an
+    upper bound: B-ROM and NOR ROMs hold fewer devices than bit positions)."""
+    fn, _ = leakage_temperature_factors(junction_temp_c)
+    rom_um2 = node(COMPILER_NODE_NM).rom_bitcell_um2
+    return _A7["nfin_off_leak_pw"] * fn * _PW / (rom_um2 * 1e-6)
+
+
+# at 25 C (docs/constants.md)
+SRAM_CELL_LEAK_W = sram_cell_leak_w()
 SRAM_LEAK_W_PER_MBIT_7NM = SRAM_CELL_LEAK_W * 1e6  # per 10^6 bit cells (periphery as logic)
-# placed standard-cell logic: one NAND2xp33 per NAND2-eq at the placement utilisation
-LOGIC_LEAK_W_PER_MM2_7NM = _A7["nand2_leak_pw"] * _PW * LOGIC_UTILISATION / (NAND2_UM2 * 1e-6)
-# ROM arrays: at most one off N fin (bit line precharged) per raw 7 nm ROM cell area (an upper
-# bound: B-ROM and NOR ROMs hold fewer devices than bit positions)
-ROM_LEAK_W_PER_MM2_7NM = (
-    _A7["nfin_off_leak_pw"] * _PW / (node(COMPILER_NODE_NM).rom_bitcell_um2 * 1e-6)
-)
+LOGIC_LEAK_W_PER_MM2_7NM = logic_leak_w_per_mm2()
+ROM_LEAK_W_PER_MM2_7NM = rom_leak_w_per_mm2()
 POWER_GATE_RESIDUAL = 0.05  # (C) leakage left in a gated block behind high-Vt header switches
 #                             (the MTCMOS technique of Mutoh et al., JSSC 1995); ~20x cut
 POWER_GATE_AREA_OVERHEAD = 0.03  # (C) sleep transistors and isolation cells, ~3 % of a block

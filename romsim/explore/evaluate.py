@@ -758,8 +758,10 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
         rom = bits_cell * n.rom_bitcell_um2 * factor / eff / UM2_PER_MM2
     comp = logic_mm2(gates)
     cell = np.maximum(rom, comp) if style == "brom" else rom + comp
-    rom_leak = T.ROM_LEAK_W_PER_MM2_7NM if style != "logic" else T.LOGIC_LEAK_W_PER_MM2_7NM
-    cell_leak = rom * rom_leak + comp * T.LOGIC_LEAK_W_PER_MM2_7NM
+    tj = v("operating.junction_temp_c")
+    logic_w_mm2 = T.logic_leak_w_per_mm2(tj)
+    rom_leak = T.rom_leak_w_per_mm2(tj) if style != "logic" else logic_w_mm2
+    cell_leak = rom * rom_leak + comp * logic_w_mm2
 
     buf_bits = v("area.unit_buffer_bytes") * 8
     unit_periph = logic_mm2((v("cell.cells_per_unit") - 1) * T.GATES_ADDER32) + sram_mm2(
@@ -781,11 +783,12 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     router = logic_mm2(
         5 * (v("interconnect.link_bytes_per_cycle") * 8) * T.GATES_ROUTER_PER_PORT_BIT
     )
-    logic_leak = T.LOGIC_LEAK_W_PER_MM2_7NM * leak
+    logic_leak = logic_w_mm2 * leak
+    sram_cell_w = T.sram_cell_leak_w(tj)
 
     def sram_leak(bits: Num, area_mm2: Num) -> Num:  # romsim.area.model.blocks' sram_leak
         periph = np.maximum(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
-        return bits * T.SRAM_CELL_LEAK_W * leak + periph * logic_leak
+        return bits * sram_cell_w * leak + periph * logic_leak
 
     areas = {
         "fused_cells": d.n_cells * cell,

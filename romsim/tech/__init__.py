@@ -186,6 +186,24 @@ class Node:
         return (self.ioff_na_per_um * self.vdd_v) / (ref.ioff_na_per_um * ref.vdd_v)
 
 
+JUNCTION_TEMP_MIN_C, JUNCTION_TEMP_MAX_C = 25.0, 125.0  # the off-current table's 300-400 K
+
+
+def leakage_temperature_factors(junction_temp_c):  # noqa: ANN001, ANN201 (float or array)
+    """(N, P) off-current at ``junction_temp_c`` relative to 300 K, log-interpolated in
+    NeuroSim's 7 nm table (nodes.toml ``[anchor7]``); 25 C (the ASAP7 corner) counts as 300 K.
+    Used at every node (the table's nodes keep their own I_off at 300 K)."""
+    a = _table()["anchor7"]
+    t = np.asarray(a["ioff_temp_k"], dtype=np.float64)
+    tk = np.clip(np.asarray(junction_temp_c, dtype=np.float64) + 273.15, t[0], t[-1])
+    out = []
+    for key in ("ioff_n_ua_per_um", "ioff_p_ua_per_um"):
+        i = np.asarray(a[key], dtype=np.float64)
+        f = np.exp(np.interp(tk, t, np.log(i / i[0])))
+        out.append(float(f) if np.ndim(f) == 0 else f)
+    return out[0], out[1]
+
+
 def anchor7() -> dict:
     """The 7 nm anchor's published values (nodes.toml ``[anchor7]``), sources included."""
     return dict(_table()["anchor7"])

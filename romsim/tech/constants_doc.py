@@ -5,7 +5,7 @@ docs/constants.md``; a test keeps the file current."""
 from __future__ import annotations
 
 from romsim.area import tech as T
-from romsim.tech import _table, node, nodes_nm
+from romsim.tech import _table, leakage_temperature_factors, node, nodes_nm
 
 _HEAD = """# Constants and their sources
 
@@ -115,6 +115,11 @@ def _design_constants() -> str:
             "ROM array leakage at 7 nm",
             f"{T.ROM_LEAK_W_PER_MM2_7NM * 1e3:.3g} mW/mm²",
             "(D) one off ASAP7 SRAM-Vt N fin per raw ROM cell (an upper bound)",
+        ),
+        (
+            "leakage at an 85 °C junction, N / P fins",
+            "{:.1f}x / {:.1f}x".format(*leakage_temperature_factors(85.0)),
+            "(L) NeuroSim V1.4 7 nm off-current table (IRDS 2017), relative to 300 K",
         ),
         ("power-gated residual leakage", T.POWER_GATE_RESIDUAL, "(C) MTCMOS headers (Mutoh 1995)"),
         ("power-gating area overhead", T.POWER_GATE_AREA_OVERHEAD, "(C)"),
