@@ -131,6 +131,30 @@ def _design_constants() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _temperature_table() -> str:
+    temps = (25.0, 50.0, 85.0, 105.0, 125.0)
+    fs = [leakage_temperature_factors(t) for t in temps]
+    lines = [
+        "## Leakage against the junction temperature (`[operating] junction_temp_c`)",
+        "",
+        "Off-current relative to 300 K (25 °C, the ASAP7 corner, counts as 300 K), log-interpolated "
+        "in NeuroSim's 7 nm table (`ioff_temp_src` above); the same factors at every node.",
+        "",
+        "| junction °C | " + " | ".join(f"{t:g}" for t in temps) + " |",
+        "|---|" + "---:|" * len(temps),
+        "| N fin | " + " | ".join(f"{n:.3g}" for n, _ in fs) + " |",
+        "| P fin | " + " | ".join(f"{p:.3g}" for _, p in fs) + " |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def render_constants() -> str:
-    parts = [_HEAD, _published_table(), _anchor_table(), _derived_table(), _design_constants()]
+    parts = [
+        _HEAD,
+        _published_table(),
+        _anchor_table(),
+        _derived_table(),
+        _temperature_table(),
+        _design_constants(),
+    ]
     return "\n".join(parts)
