@@ -597,7 +597,7 @@ def measure_adder(width: int = 32, cycles: int = 2000, seed: int = 0, *, gate_de
     as the node's published ``width``-bit add over ``GATES_ADDER32`` gates, so the cell's energy
     per cycle, measured the same way, is (its weighted transitions) / (the adder's weighted
     transitions per add) x the add's energy. Synthesizes ``s <= ra + rb`` (operands registered)
-    with :data:`SCRIPT`, simulates ``cycles`` random adds (checked against numpy) and counts
+    with :data:`SCRIPT`, simulates ``cycles`` random adds (each sum checked by the testbench) and counts
     the adder's combinational transitions as :func:`measure_activity` counts the cell's."""
     if width < 1 or width > 62:
         raise ValueError(f"width must be in [1, 62] (got {width})")
