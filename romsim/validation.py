@@ -331,7 +331,7 @@ exponent, 9 bits per value), LoRA on all seven linears in FP8.
   25 °C: SRAM cells 10.4 pW per bit, logic 0.49 mW/mm²). Per token (`romsim estimate --preset
   roma-3b-w4 --detail`, or `--json`, field `energy_breakdown_j`) the fused cells' datapath and
   the ROM reads are about four fifths of the energy; then the activation broadcast across each
-  unit, the mesh links, LoRA/KV SRAM reads, the H-Unit, the clock gates and leakage (0.2 W, 1 %).
+  unit, the mesh links, LoRA/KV SRAM reads, the H-Unit, the clock gates and leakage (0.2 W, 0.6 %).
   Both rows land within ±25 %. Energy per token is the larger miss (+19 %) because romsim's
   decode rate is 9 % below the paper's (energy = power / rate): most of it is dynamic energy per
   operation, so power at the paper's rate would be +19 % too. Leakage is at the library's 25 °C
