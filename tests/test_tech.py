@@ -383,3 +383,15 @@ def test_junction_temperature_outside_the_table_is_one_line(tmp_path, capsys):
     assert main(["estimate", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "junction_temp_c" in err and "150" in err and len(err.strip().splitlines()) == 1
+
+
+def test_planar_nodes_follow_their_own_flatter_temperature_curve():
+    from romsim.tech import leakage_temperature_factors
+
+    t = TABLE["ioff_temp"]
+    fn65, fp65 = leakage_temperature_factors(126.85, 65)
+    assert fn65 == pytest.approx(t["n_65"][-1] / t["n_65"][0])
+    assert fp65 == pytest.approx(t["p_65"][-1] / t["p_65"][0])
+    assert leakage_temperature_factors(85.0, 40) == leakage_temperature_factors(85.0, 45)
+    assert leakage_temperature_factors(85.0, 16) == leakage_temperature_factors(85.0, 7)
+    assert leakage_temperature_factors(85.0, 65)[0] < leakage_temperature_factors(85.0, 7)[0]

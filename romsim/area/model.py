@@ -224,8 +224,8 @@ def blocks(chip: ChipConfig) -> list[Component]:
     # the ROM array's devices and the compute's both leak (in the fused layout they share one
     # footprint: the B-ROM's metal over the compute's transistors)
     tj = chip.operating.junction_temp_c
-    logic_w_mm2 = T.logic_leak_w_per_mm2(tj)
-    rom_leak_w_mm2 = T.rom_leak_w_per_mm2(tj) if style != "logic" else logic_w_mm2
+    logic_w_mm2 = T.logic_leak_w_per_mm2(tj, n.nm)
+    rom_leak_w_mm2 = T.rom_leak_w_per_mm2(tj, n.nm) if style != "logic" else logic_w_mm2
     cell_leak = cell["rom_array_mm2"] * rom_leak_w_mm2 + cell["compute_mm2"] * logic_w_mm2
     gate_fj = n.gate_op_fj()
     w_bits = chip.quant.default.code_bits_per_weight
@@ -261,7 +261,7 @@ def blocks(chip: ChipConfig) -> list[Component]:
     link_bits = chip.interconnect.link_bytes_per_cycle * 8
     router = _logic_mm2(5 * link_bits * T.GATES_ROUTER_PER_PORT_BIT, n)
     logic_leak = logic_w_mm2 * leak
-    sram_cell_w = T.sram_cell_leak_w(tj)
+    sram_cell_w = T.sram_cell_leak_w(tj, n.nm)
 
     def sram_leak(bits: float, area_mm2: float) -> float:
         """Bit cells, and the macros' periphery (their area beyond the cells) as logic."""

@@ -60,31 +60,32 @@ DATAPATH_ACTIVITY = 1.0  # (C) output transitions per NAND2-eq of a busy datapat
 # (D) from the ASAP7 7 nm library's leakage at TT, 0.7 V, 25 C (romsim/tech/nodes.toml [anchor7]:
 # one off fin of the SRAM-Vt flavour, a NAND2xp33 of the RVT flavour), by these rules; the same
 # corner as the library's clock energies. At a hotter junction (``[operating] junction_temp_c``)
-# N and P fins leak by NeuroSim's 7 nm off-current table (romsim.tech.leakage_temperature_factors).
+# N and P devices leak by NeuroSim's off-current curves (romsim.tech.leakage_temperature_factors).
 _A7 = anchor7()
 _PW = 1e-12
 # share of the NAND2's leakage with its P fins off (one state of four; the others: N stack off)
 NAND2_P_OFF_SHARE = _A7["nand2_leak_p_off_pw"] / (4 * _A7["nand2_leak_pw"])
 
 
-def sram_cell_leak_w(junction_temp_c=25.0):  # noqa: ANN001, ANN201 (float or array)
+def sram_cell_leak_w(junction_temp_c=25.0, nm: int = 7):  # noqa: ANN001, ANN201 (or arrays)
     """A 6T HD (one fin per device) cell holding a bit, bit lines precharged: its off pull-up
-    (P), off pull-down (N) and the pass gate on its 0 side (N) leak."""
-    fn, fp = leakage_temperature_factors(junction_temp_c)
+    (P), off pull-down (N) and the pass gate on its 0 side (N) leak; at 7 nm (other nodes:
+    ``Node.leakage_scale``), the junction temperature by the node's off-current curve."""
+    fn, fp = leakage_temperature_factors(junction_temp_c, nm)
     return (_A7["pfin_off_leak_pw"] * fp + 2 * _A7["nfin_off_leak_pw"] * fn) * _PW
 
 
-def logic_leak_w_per_mm2(junction_temp_c=25.0):  # noqa: ANN001, ANN201
+def logic_leak_w_per_mm2(junction_temp_c=25.0, nm: int = 7):  # noqa: ANN001, ANN201
     """Placed standard-cell logic: one NAND2xp33 per NAND2-eq at the placement utilisation."""
-    fn, fp = leakage_temperature_factors(junction_temp_c)
+    fn, fp = leakage_temperature_factors(junction_temp_c, nm)
     f = NAND2_P_OFF_SHARE * fp + (1 - NAND2_P_OFF_SHARE) * fn
     return _A7["nand2_leak_pw"] * f * _PW * LOGIC_UTILISATION / (NAND2_UM2 * 1e-6)
 
 
-def rom_leak_w_per_mm2(junction_temp_c=25.0):  # noqa: ANN001, ANN201
+def rom_leak_w_per_mm2(junction_temp_c=25.0, nm: int = 7):  # noqa: ANN001, ANN201
     """ROM arrays: at most one off N fin (bit line precharged) per raw 7 nm ROM cell area (an
     upper bound: B-ROM and NOR ROMs hold fewer devices than bit positions)."""
-    fn, _ = leakage_temperature_factors(junction_temp_c)
+    fn, _ = leakage_temperature_factors(junction_temp_c, nm)
     rom_um2 = node(COMPILER_NODE_NM).rom_bitcell_um2
     return _A7["nfin_off_leak_pw"] * fn * _PW / (rom_um2 * 1e-6)
 

@@ -759,8 +759,8 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     comp = logic_mm2(gates)
     cell = np.maximum(rom, comp) if style == "brom" else rom + comp
     tj = v("operating.junction_temp_c")
-    logic_w_mm2 = T.logic_leak_w_per_mm2(tj)
-    rom_leak = T.rom_leak_w_per_mm2(tj) if style != "logic" else logic_w_mm2
+    logic_w_mm2 = T.logic_leak_w_per_mm2(tj, n.nm)
+    rom_leak = T.rom_leak_w_per_mm2(tj, n.nm) if style != "logic" else logic_w_mm2
     cell_leak = rom * rom_leak + comp * logic_w_mm2
 
     buf_bits = v("area.unit_buffer_bytes") * 8
@@ -784,7 +784,7 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
         5 * (v("interconnect.link_bytes_per_cycle") * 8) * T.GATES_ROUTER_PER_PORT_BIT
     )
     logic_leak = logic_w_mm2 * leak
-    sram_cell_w = T.sram_cell_leak_w(tj)
+    sram_cell_w = T.sram_cell_leak_w(tj, n.nm)
 
     def sram_leak(bits: Num, area_mm2: Num) -> Num:  # romsim.area.model.blocks' sram_leak
         periph = np.maximum(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)

@@ -189,16 +189,29 @@ class Node:
 JUNCTION_TEMP_MIN_C, JUNCTION_TEMP_MAX_C = 25.0, 125.0  # the off-current table's 300-400 K
 
 
-def leakage_temperature_factors(junction_temp_c):  # noqa: ANN001, ANN201 (float or array)
-    """(N, P) off-current at ``junction_temp_c`` relative to 300 K, log-interpolated in
-    NeuroSim's 7 nm table (nodes.toml ``[anchor7]``); 25 C (the ASAP7 corner) counts as 300 K.
-    Used at every node (the table's nodes keep their own I_off at 300 K)."""
+PLANAR_MIN_NM = 22  # nodes of 22 nm and up are planar (PTM curves); below, FinFET/GAA
+
+
+def _ioff_curves(nm: int) -> tuple[list[float], list[float]]:
+    """(N, P) off-current at 300..400 K for the node: the nearest planar PTM curve of
+    ``[ioff_temp]`` at 22 nm and up, the 7 nm FinFET curve of ``[anchor7]`` below."""
+    if nm >= PLANAR_MIN_NM:
+        t = _table()["ioff_temp"]
+        near = min((65, 45, 32, 22), key=lambda k: (abs(k - nm), k))
+        return t[f"n_{near}"], t[f"p_{near}"]
     a = _table()["anchor7"]
-    t = np.asarray(a["ioff_temp_k"], dtype=np.float64)
+    return a["ioff_n_ua_per_um"], a["ioff_p_ua_per_um"]
+
+
+def leakage_temperature_factors(junction_temp_c, nm: int = 7):  # noqa: ANN001, ANN201
+    """(N, P) off-current at ``junction_temp_c`` relative to 300 K, log-interpolated in NeuroSim's
+    table for the node (:func:`_ioff_curves`); 25 C (the ASAP7 corner) counts as 300 K.
+    ``junction_temp_c`` may be a numpy array."""
+    t = np.asarray(_table()["anchor7"]["ioff_temp_k"], dtype=np.float64)
     tk = np.clip(np.asarray(junction_temp_c, dtype=np.float64) + 273.15, t[0], t[-1])
     out = []
-    for key in ("ioff_n_ua_per_um", "ioff_p_ua_per_um"):
-        i = np.asarray(a[key], dtype=np.float64)
+    for curve in _ioff_curves(nm):
+        i = np.asarray(curve, dtype=np.float64)
         f = np.exp(np.interp(tk, t, np.log(i / i[0])))
         out.append(float(f) if np.ndim(f) == 0 else f)
     return out[0], out[1]

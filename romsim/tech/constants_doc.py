@@ -119,7 +119,8 @@ def _design_constants() -> str:
         (
             "leakage at an 85 °C junction, N / P fins",
             "{:.1f}x / {:.1f}x".format(*leakage_temperature_factors(85.0)),
-            "(L) NeuroSim V1.4 7 nm off-current table (IRDS 2017), relative to 300 K",
+            "(L) NeuroSim V1.4 7 nm off-current table (IRDS 2017), relative to 300 K; planar nodes: "
+            "their PTM curves (the table above)",
         ),
         ("power-gated residual leakage", T.POWER_GATE_RESIDUAL, "(C) MTCMOS headers (Mutoh 1995)"),
         ("power-gating area overhead", T.POWER_GATE_AREA_OVERHEAD, "(C)"),
@@ -133,18 +134,26 @@ def _design_constants() -> str:
 
 def _temperature_table() -> str:
     temps = (25.0, 50.0, 85.0, 105.0, 125.0)
-    fs = [leakage_temperature_factors(t) for t in temps]
     lines = [
         "## Leakage against the junction temperature (`[operating] junction_temp_c`)",
         "",
         "Off-current relative to 300 K (25 °C, the ASAP7 corner, counts as 300 K), log-interpolated "
-        "in NeuroSim's 7 nm table (`ioff_temp_src` above); the same factors at every node.",
+        "in NeuroSim's tables: the 7 nm FinFET curve (`ioff_temp_src` above) at 16 nm and below, "
+        "the nearest planar PTM LP curve (`[ioff_temp]`) at 22 nm and up.",
         "",
-        "| junction °C | " + " | ".join(f"{t:g}" for t in temps) + " |",
-        "|---|" + "---:|" * len(temps),
-        "| N fin | " + " | ".join(f"{n:.3g}" for n, _ in fs) + " |",
-        "| P fin | " + " | ".join(f"{p:.3g}" for _, p in fs) + " |",
+        "| curve (nodes) | device | " + " | ".join(f"{t:g} °C" for t in temps) + " |",
+        "|---|---|" + "---:|" * len(temps),
     ]
+    for label, nm in (
+        ("FinFET 7 nm (2-16 nm)", 7),
+        ("PTM 22 nm (22 nm)", 22),
+        ("PTM 32 nm (28 nm)", 28),
+        ("PTM 45 nm (40 nm)", 40),
+        ("PTM 65 nm (65 nm)", 65),
+    ):
+        fs = [leakage_temperature_factors(t, nm) for t in temps]
+        for dev, k in (("N", 0), ("P", 1)):
+            lines.append(f"| {label} | {dev} | " + " | ".join(f"{f[k]:.3g}" for f in fs) + " |")
     return "\n".join(lines) + "\n"
 
 
