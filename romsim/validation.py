@@ -326,23 +326,24 @@ exponent, 9 bits per value), LoRA on all seven linears in FP8.
   rules (docs/constants.md): operation and SRAM-read energies published at 45 nm (Horowitz,
   ISSCC 2014) and 7 nm (Jouppi et al., ISCA 2021, TPUv4i Table 2: TSMC N7, ROMA's node), the
   clock of flip-flops and clock gates from the ASAP7 7 nm library, the fused cell's gate and
-  flop counts from Yosys synthesis of the generated RTL, wire energy per mm over the die's real
+  flop counts from Yosys synthesis of the generated RTL and its switching from a gate-level
+  simulation on real SmolLM2 data (docs/rtl.md), wire energy per mm over the die's real
   hop lengths, and leakage from the same ASAP7 library (its off fins and NAND2 at TT, 0.7 V,
   25 °C: SRAM cells 10.4 pW per bit, logic 0.49 mW/mm²). Per token (`romsim estimate --preset
   roma-3b-w4 --detail`, or `--json`, field `energy_breakdown_j`) the fused cells' datapath and
   the ROM reads are about four fifths of the energy; then the activation broadcast across each
   unit, the mesh links, LoRA/KV SRAM reads, the H-Unit, the clock gates and leakage (0.2 W, 0.6 %).
-  Both rows land within ±25 %. Energy per token is the larger miss (+19 %) because romsim's
+  Both rows land within ±25 %. Energy per token is the larger miss (+18.5 %) because romsim's
   decode rate is 9 % below the paper's (energy = power / rate): most of it is dynamic energy per
-  operation, so power at the paper's rate would be +19 % too. Leakage is at the library's 25 °C
+  operation, so power at the paper's rate would be +18 % too. Leakage is at the library's 25 °C
   corner (`[operating] junction_temp_c = 25`, the default), the paper's corner is not stated: at
   an 85 °C junction (NeuroSim's 7 nm off-currents: N fins 15.6x, P fins 33.7x) the chip leaks
-  3.7 W instead of 0.2 W and the rows read +19 % power, +31 % energy per token (information
+  3.7 W instead of 0.2 W and the rows read +18 % power, +30 % energy per token (information
   rows): the energy row's pass holds at the library corner, not at a hot one. Registers are
   clock-gated by default (integrated clock gates, one per 32 flops, inserted by synthesis as
   standard low-power practice); the paper does not say, so the rows without clock gating (every
   flop clocked every cycle) are shown beside. Not modelled: the clock tree's own wires and
-  buffers beyond the leaf cells, glitching beyond the per-gate energy, IO.
+  buffers beyond the leaf cells, IO.
 - **Throughput by input length.** The paper does not state the output length; the minimax fit
   over multiples of 64 is shown in the table. The four figures are not quite smooth in the input
   length (from 256 to 512 input tokens the paper loses 7 % throughput, from 512 to 1K 31 %), so

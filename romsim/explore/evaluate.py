@@ -57,7 +57,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from romsim.area import tech as T
-from romsim.area.model import _synth_calibration, logic_rom_gates_per_one_bit
+from romsim.area.model import _synth_calibration, datapath_activity, logic_rom_gates_per_one_bit
 from romsim.config import ChipConfig
 from romsim.errors import RomsimInputError
 from romsim.explore.fields import FIELDS
@@ -285,6 +285,7 @@ class _Group:
     zero_fraction: float | None  # logic ROM default (bitstats), None when not needed
     cal_entry: dict | None  # synthesis calibration entry (romsim.area.model._calibration_entry)
     cal_mac_bits: float
+    activity: float  # romsim.area.model.datapath_activity(quant.default.bits)
     w_bits: float  # quant.default.code_bits_per_weight
     default_bits: int
     default_group: int
@@ -329,6 +330,7 @@ def _make_group(base: ChipConfig, model: ModelSpec, q: QuantSpec, style: str, nm
         zero_fraction=zf,
         cal_entry=entry,
         cal_mac_bits=cal_bits,
+        activity=datapath_activity(d.bits),
         w_bits=d.code_bits_per_weight,
         default_bits=max(d.bits, d.mix.bits) if d.mix is not None else d.bits,
         default_group=d.group_size,
@@ -833,7 +835,7 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
     # romsim.area.model.cell_cycle_j and the clock (blocks' flops_each, clock_cycles)
     gating = v.base.operating.clock_gating
     clk_j = n.flop_clock_fj * _FJ if gating else 0.0
-    cycle_j = gates * T.DATAPATH_ACTIVITY * gate_fj * _FJ + flops * clk_j
+    cycle_j = gates * g.activity * gate_fj * _FJ + flops * clk_j
     cpu = v("cell.cells_per_unit")
     periph_flops = (cpu - 1) * v("cell.acc_bits")
     h_flops = (

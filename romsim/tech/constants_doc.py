@@ -5,6 +5,7 @@ docs/constants.md``; a test keeps the file current."""
 from __future__ import annotations
 
 from romsim.area import tech as T
+from romsim.area.model import _activity_by_bits
 from romsim.tech import _table, leakage_temperature_factors, node, nodes_nm
 
 _HEAD = """# Constants and their sources
@@ -92,10 +93,10 @@ def _design_constants() -> str:
         ("router NAND2-eq per port bit", T.GATES_ROUTER_PER_PORT_BIT, "(L)"),
         ("NAND2-eq per flop", f"{T.GATES_PER_FLOP:.2f}", "(L) NanGate 45 nm DFF_X1/NAND2_X1"),
         (
-            "datapath transitions per NAND2-eq per busy cycle",
-            T.DATAPATH_ACTIVITY,
-            "(C) measured 0.29-0.30 (zero delay) to 1.01-1.29 (unit delay); relative to a 32-bit "
-            "adder measured alike 0.48-0.49 to 1.11-1.42, (S) synth_activity.json",
+            "datapath transitions per NAND2-eq per busy cycle, by weight width",
+            ", ".join(f"{b}-bit {a:.3f}" for b, a in sorted(_activity_by_bits().items())),
+            "(S) gate-level simulation, real SmolLM2 tile and inputs, unit delay per gate "
+            "(synth_activity.json; zero delay: 0.22-0.25); nearest width otherwise",
         ),
         ("flops per fp16 lane (H-Unit, vector)", T.FLOPS_PER_FP16_LANE, "(C) operands + acc"),
         ("flops per SFU lane", T.FLOPS_PER_SFU_LANE, "(C)"),
