@@ -252,7 +252,8 @@ class OperatingConfig(_Strict):
         ge=25.0,
         le=125.0,
         description="junction temperature for leakage (C): 25 is the corner of the ASAP7 library "
-        "values; hotter scales off-currents by NeuroSim's 7 nm table (up to 125 C, its 400 K)",
+        "values; hotter scales off-currents by NeuroSim's tables (FinFET 7 nm curve at 16 nm and "
+        "below, PTM curves above; up to 125 C, their 400 K)",
     )
 
 

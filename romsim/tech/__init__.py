@@ -186,9 +186,6 @@ class Node:
         return (self.ioff_na_per_um * self.vdd_v) / (ref.ioff_na_per_um * ref.vdd_v)
 
 
-JUNCTION_TEMP_MIN_C, JUNCTION_TEMP_MAX_C = 25.0, 125.0  # the off-current table's 300-400 K
-
-
 PLANAR_MIN_NM = 22  # nodes of 22 nm and up are planar (PTM curves); below, FinFET/GAA
 
 
