@@ -285,12 +285,9 @@ def blocks(chip: ChipConfig) -> list[Component]:
     link_bits = chip.interconnect.link_bytes_per_cycle * 8
     router = _logic_mm2(5 * link_bits * T.GATES_ROUTER_PER_PORT_BIT, n)
     logic_leak = logic_w_mm2 * leak
-    sram_cell_w = T.sram_cell_leak_w(tj, n.nm)
 
     def sram_leak(bits: float, area_mm2: float) -> float:
-        """Bit cells, and the macros' periphery (their area beyond the cells) as logic."""
-        periph = max(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
-        return bits * sram_cell_w * leak + periph * logic_leak
+        return float(T.sram_macro_leak_w(bits, area_mm2, tj, n))
 
     h_macro_bytes = h_macro_bits / 8
     out = [

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 
-from romsim.tech import anchor7, leakage_temperature_factors, node
+import numpy as np
+
+from romsim.tech import Node, anchor7, leakage_temperature_factors, node
+from romsim.units import UM2_PER_MM2
 
 # --- memory arrays (ratios and the 7 nm compiler's efficiency curve) -------------------------
 BROM_AREA_FACTOR = 0.60  # (P) B-ROM: ~40 % less area than a standard ROM
@@ -88,6 +91,15 @@ def rom_leak_w_per_mm2(junction_temp_c=25.0, nm: int = 7):  # noqa: ANN001, ANN2
     fn, _ = leakage_temperature_factors(junction_temp_c, nm)
     rom_um2 = node(COMPILER_NODE_NM).rom_bitcell_um2
     return _A7["nfin_off_leak_pw"] * fn * _PW / (rom_um2 * 1e-6)
+
+
+def sram_macro_leak_w(bits, area_mm2, junction_temp_c, n: Node):  # noqa: ANN001, ANN201
+    """An SRAM macro of ``bits`` on ``area_mm2`` at node ``n``: its bit cells
+    (:func:`sram_cell_leak_w`) and its periphery (the area beyond the cells) as placed logic
+    (:func:`logic_leak_w_per_mm2`), by ``Node.leakage_scale``; scalars or numpy arrays."""
+    periph_mm2 = np.maximum(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
+    cells_w = bits * sram_cell_leak_w(junction_temp_c, n.nm)
+    return (cells_w + periph_mm2 * logic_leak_w_per_mm2(junction_temp_c, n.nm)) * n.leakage_scale
 
 
 # at 25 C (docs/constants.md)

@@ -786,11 +786,9 @@ def _area(v: _V, d: _D, g: _Group, actions: bool) -> _Area:
         5 * (v("interconnect.link_bytes_per_cycle") * 8) * T.GATES_ROUTER_PER_PORT_BIT
     )
     logic_leak = logic_w_mm2 * leak
-    sram_cell_w = T.sram_cell_leak_w(tj, n.nm)
 
-    def sram_leak(bits: Num, area_mm2: Num) -> Num:  # romsim.area.model.blocks' sram_leak
-        periph = np.maximum(area_mm2 - bits * n.sram_bitcell_um2 / UM2_PER_MM2, 0.0)
-        return bits * sram_cell_w * leak + periph * logic_leak
+    def sram_leak(bits: Num, area_mm2: Num) -> Num:
+        return T.sram_macro_leak_w(bits, area_mm2, tj, n)
 
     areas = {
         "fused_cells": d.n_cells * cell,
